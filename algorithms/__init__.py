@@ -1,0 +1,10 @@
+"""Federated algorithms, one module per method (``fedjax_engine.algorithms``).
+
+FedAvgM, FedAdam, FedYogi and FedAdagrad are :func:`fedavg` with another
+server optimizer (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
+"""
+
+from fedjax_engine.algorithms.fedavg import fedavg as fedavg
+from fedjax_engine.algorithms.fedsgd import fedsgd as fedsgd
+
+__all__ = ['fedavg', 'fedsgd']

@@ -1,0 +1,34 @@
+"""fedjax-engine: vectorized federated learning simulation in JAX.
+
+Public API. Implementation modules are imported here name by name; anything
+not re-exported is private.
+"""
+
+from fedjax_engine import tree as tree
+from fedjax_engine.aggregate import Aggregator as Aggregator
+from fedjax_engine.aggregate import weighted_mean as weighted_mean
+from fedjax_engine.algorithm import Algorithm as Algorithm
+from fedjax_engine.algorithm import Mean as Mean
+from fedjax_engine.algorithm import RoundInfo as RoundInfo
+from fedjax_engine.algorithm import ServerState as ServerState
+from fedjax_engine.algorithm import local_training as local_training
+from fedjax_engine.algorithm import masked_loss as masked_loss
+from fedjax_engine.algorithm import server_optimizer_step as server_optimizer_step
+from fedjax_engine.data import Batching as Batching
+from fedjax_engine.data import Cohort as Cohort
+from fedjax_engine.data import DeviceData as DeviceData
+from fedjax_engine.data import FederatedData as FederatedData
+from fedjax_engine.model import Model as Model
+from fedjax_engine.model import accuracy as accuracy
+from fedjax_engine.model import from_linen as from_linen
+from fedjax_engine.model import from_nnx as from_nnx
+from fedjax_engine.model import softmax_cross_entropy as softmax_cross_entropy
+from fedjax_engine.simulate import Round as Round
+from fedjax_engine.simulate import make_round as make_round
+from fedjax_engine.evaluate import Evaluator as Evaluator
+from fedjax_engine.evaluate import make_evaluate as make_evaluate
+from fedjax_engine import models as models
+from fedjax_engine import algorithms as algorithms
+from fedjax_engine import datasets as datasets
+
+__version__ = '0.1.0'

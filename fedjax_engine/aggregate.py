@@ -1,0 +1,70 @@
+"""Aggregators: reductions of the cohort's client outputs.
+
+An aggregator is a monoid over clients: ``init`` gives the empty accumulator,
+``accumulate`` folds in a chunk of stacked client outputs with their weights,
+``finalize`` turns the accumulator into the aggregate. Accumulators are *sums*
+over clients, so the engine merges chunks and devices by addition (an
+all-reduce); memory stays independent of the cohort size.
+
+Example:
+
+  >>> import jax.numpy as jnp
+  >>> agg = weighted_mean()
+  >>> acc = agg.init({'w': jnp.zeros(2)})
+  >>> acc = agg.accumulate(acc, {'w': jnp.array([[1., 1.], [4., 0.]])},
+  ...                      jnp.array([3., 1.]))
+  >>> agg.finalize(acc)['w'].tolist()
+  [1.75, 0.75]
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_engine import tree
+
+PyTree = Any
+
+
+class Aggregator(NamedTuple):
+  """Streaming reduction of client outputs.
+
+  Attributes:
+    init: ``init(output_template) -> acc``, the template being one client's
+      (unstacked) output, or a tree of ``jax.ShapeDtypeStruct``.
+    accumulate: ``accumulate(acc, outputs, weights) -> acc`` with ``outputs``
+      stacked ``[c, ...]`` and ``weights`` ``[c]`` (0 for padded clients).
+      The returned acc must be additive: ``acc(A u B) = acc(A) + acc(B) -
+      init``, which holds for sums started at zero.
+    finalize: ``finalize(acc) -> aggregate``.
+  """
+  init: Callable[[PyTree], PyTree]
+  accumulate: Callable[[PyTree, PyTree, Any], PyTree]
+  finalize: Callable[[PyTree], PyTree]
+
+
+class MeanAcc(NamedTuple):
+  total: PyTree
+  weight: Any
+
+
+def weighted_mean() -> Aggregator:
+  """``sum_k w_k x_k / sum_k w_k``; zero when the cohort carries no weight.
+
+  With ``w_k = n_k`` (examples) this is FedAvg's aggregation
+  (McMahan et al., 2017, Algorithm 1); with ``w_k = 1`` it is uniform.
+  """
+  def init(template):
+    zeros = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), template)
+    return MeanAcc(zeros, jnp.zeros((), jnp.float32))
+
+  def accumulate(acc, outputs, weights):
+    return MeanAcc(tree.add(acc.total, tree.weighted_sum(outputs, weights)),
+                   acc.weight + jnp.sum(weights))
+
+  def finalize(acc):
+    denom = jnp.where(acc.weight > 0, acc.weight, 1.0)
+    return jax.tree.map(lambda t: t / denom.astype(t.dtype), acc.total)
+
+  return Aggregator(init, accumulate, finalize)

@@ -1,0 +1,146 @@
+"""The Algorithm contract and reusable local-training building blocks.
+
+An algorithm is a NamedTuple of pure functions. ``client_update`` trains ONE
+client and is never batched by hand: the engine vmaps it over the cohort,
+scans it over chunks of clients, and shards it over devices.
+
+Example (a complete algorithm that averages the clients' mean label):
+
+  >>> import jax.numpy as jnp
+  >>> def client_update(server_state, client_state, batches, mask, key):
+  ...   total = jnp.sum(batches['y'] * mask)
+  ...   return total / jnp.maximum(mask.sum(), 1), client_state, {}
+  >>> algo = Algorithm(
+  ...     init=lambda params: ServerState(params, (), jnp.zeros((), jnp.int32)),
+  ...     client_update=client_update,
+  ...     server_update=lambda s, agg, info: s._replace(params=agg))
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_engine import aggregate as aggregate_lib
+from fedjax_engine import tree
+from fedjax_engine.model import Model
+
+Array = Any
+Params = Any
+PyTree = Any
+
+
+class Mean(NamedTuple):
+  """A metric as (sum, count), so it adds across steps, clients and devices.
+
+  Client metrics are ``{name: Mean}``; the engine sums them over the cohort
+  and reports ``total / count``.
+  """
+  total: Array
+  count: Array
+
+
+class ServerState(NamedTuple):
+  """The server state most algorithms use. Every server state has ``params``.
+
+  ``params`` is what evaluation reads; ``round`` counts finished rounds.
+  """
+  params: Params
+  opt_state: PyTree
+  round: Array
+
+
+class RoundInfo(NamedTuple):
+  """Facts about the round, passed to ``server_update``."""
+  num_clients: Array    # real (unpadded) clients that took part
+  total_weight: Array   # sum of their aggregation weights
+
+
+class Algorithm(NamedTuple):
+  """A federated algorithm.
+
+  Attributes:
+    init: ``init(params) -> server_state``; the state has a ``params`` field.
+    client_update: ``client_update(server_state, client_state, batches
+      [S, B, ...], example_mask [S, B], key) -> (client_output,
+      new_client_state, client_metrics)`` for ONE client. The server state is
+      broadcast to every client unchanged. ``client_metrics`` maps names to
+      :class:`Mean`.
+    server_update: ``server_update(server_state, aggregate, round_info) ->
+      server_state``, where ``aggregate = aggregator.finalize(...)`` over the
+      cohort's client outputs.
+    aggregator: how client outputs combine; example- or uniform-weighted mean
+      by default (the weights come from the cohort).
+    init_client_state: ``init_client_state(params) -> client_state`` for
+      methods with per-client memory, else None (client_state is then ()).
+  """
+  init: Callable[[Params], PyTree]
+  client_update: Callable[..., tuple]
+  server_update: Callable[[PyTree, PyTree, RoundInfo], PyTree]
+  aggregator: aggregate_lib.Aggregator = aggregate_lib.weighted_mean()
+  init_client_state: Callable[[Params], PyTree] | None = None
+
+
+def masked_loss(model: Model, params, batch, mask, key, *, train=True):
+  """Mean loss over the unmasked examples, and (sum, count) for reporting."""
+  outputs = model.apply(params, batch, key=key, train=train)
+  per_example = model.loss(outputs, batch)
+  weights = mask.astype(per_example.dtype)
+  total = jnp.sum(per_example * weights)
+  count = jnp.sum(weights)
+  return total / jnp.maximum(count, 1.0), Mean(total, count)
+
+
+def local_training(model: Model, optimizer: optax.GradientTransformation):
+  """Local training by ``optimizer`` over a client's batches, as one scan.
+
+  Returns ``train(params, batches [S, B, ...], example_mask [S, B], key) ->
+  (params, Mean(train loss))``. The optimizer state starts fresh (a client
+  keeps no optimizer memory between rounds). A step whose batch is fully
+  padded leaves params and optimizer state untouched, so padding steps change
+  nothing. The reported loss is each step's loss before its update.
+  """
+  grad_fn = jax.grad(
+      lambda p, b, m, k: masked_loss(model, p, b, m, k), has_aux=True)
+
+  def train(params, batches, example_mask, key):
+    num_steps = example_mask.shape[0]
+
+    def step(carry, inputs):
+      params, opt_state = carry
+      batch, mask, step = inputs
+      grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, step))
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      active = loss.count > 0
+      carry = (tree.where(active, new_params, params),
+               tree.where(active, new_opt_state, opt_state))
+      return carry, loss
+
+    (params, _), losses = jax.lax.scan(
+        step, (params, optimizer.init(params)),
+        (batches, example_mask, jnp.arange(num_steps)))
+    return params, Mean(jnp.sum(losses.total), jnp.sum(losses.count))
+
+  return train
+
+
+def server_optimizer_step(optimizer: optax.GradientTransformation):
+  """``(init, server_update)`` applying ``optimizer`` to the aggregate.
+
+  The aggregate is used as a (pseudo-)gradient: ``params <- params +
+  optimizer.update(aggregate)``. This is the server side of FedAvg/FedOpt
+  (Reddi et al., ICLR 2021, Algorithm 2) and FedSGD.
+  """
+  def init(params):
+    return ServerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+  def server_update(server_state, aggregate, info):
+    del info
+    updates, opt_state = optimizer.update(
+        aggregate, server_state.opt_state, server_state.params)
+    params = optax.apply_updates(server_state.params, updates)
+    return ServerState(params, opt_state, server_state.round + 1)
+
+  return init, server_update

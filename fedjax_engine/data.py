@@ -1,0 +1,313 @@
+"""Federated data: a ragged host store, index plans, and fixed-shape cohorts.
+
+``FederatedData`` keeps every feature once as one contiguous array and finds a
+client's examples through offsets, so a client is a slice and never a copy.
+A round does not copy clients either: it draws an *index plan*, integer
+positions into that store of shape ``[C, S, B]`` with a mask, and gathers the
+examples in one step, on the host (numpy) or on the device inside the compiled
+round. The plan is computed in JAX from each client's key, so both gathering
+paths see exactly the same batches.
+
+Example:
+
+  >>> import numpy as np
+  >>> data = FederatedData.from_clients({
+  ...     'a': {'x': np.zeros((3, 2)), 'y': np.zeros(3, np.int32)},
+  ...     'b': {'x': np.ones((1, 2)), 'y': np.ones(1, np.int32)}})
+  >>> data.num_clients, data.sizes.tolist()
+  (2, [3, 1])
+  >>> data.client(1)['x'].tolist()
+  [[1.0, 1.0]]
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedData:
+  """Examples of many clients, stored once, ragged by client.
+
+  Attributes:
+    features: feature name -> array ``[N, ...]`` holding every client's
+      examples back to back.
+    offsets: int64 ``[K + 1]``; client ``k`` owns rows
+      ``offsets[k]:offsets[k + 1]`` of every feature.
+    client_ids: ``[K]`` client names (strings or ints), in store order.
+  """
+  features: Mapping[str, np.ndarray]
+  offsets: np.ndarray
+  client_ids: np.ndarray
+
+  def __post_init__(self):
+    offsets = np.asarray(self.offsets, dtype=np.int64)
+    object.__setattr__(self, 'offsets', offsets)
+    object.__setattr__(self, 'client_ids', np.asarray(self.client_ids))
+    if offsets.ndim != 1 or offsets.size < 1 or offsets[0] != 0:
+      raise ValueError(
+          f'offsets must be a 1-D array starting at 0, got {offsets[:5]}...')
+    if np.any(np.diff(offsets) < 0):
+      raise ValueError('offsets must be non-decreasing.')
+    if len(self.client_ids) != offsets.size - 1:
+      raise ValueError(
+          f'{len(self.client_ids)} client ids for {offsets.size - 1} clients '
+          '(offsets has one entry more than there are clients).')
+    if not self.features:
+      raise ValueError('FederatedData needs at least one feature.')
+    for name, value in self.features.items():
+      if len(value) != offsets[-1]:
+        raise ValueError(
+            f'feature {name!r} has {len(value)} rows but offsets end at '
+            f'{offsets[-1]}.')
+
+  @classmethod
+  def from_clients(cls, clients: Mapping[Any, Mapping[str, np.ndarray]]):
+    """Builds the store from ``{client_id: {feature: array [n, ...]}}``."""
+    if not clients:
+      raise ValueError('from_clients needs at least one client.')
+    ids = list(clients)
+    names = list(clients[ids[0]])
+    sizes = []
+    for cid in ids:
+      if sorted(clients[cid]) != sorted(names):
+        raise ValueError(f'client {cid!r} has features {sorted(clients[cid])},'
+                         f' expected {sorted(names)}.')
+      lengths = {len(v) for v in clients[cid].values()}
+      if len(lengths) != 1:
+        raise ValueError(f'client {cid!r} has features of unequal lengths '
+                         f'{lengths}.')
+      sizes.append(lengths.pop())
+    features = {n: np.concatenate([np.asarray(clients[c][n]) for c in ids])
+                for n in names}
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    return cls(features, offsets, np.asarray(ids))
+
+  @property
+  def num_clients(self) -> int:
+    return self.offsets.size - 1
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.offsets[-1])
+
+  @property
+  def sizes(self) -> np.ndarray:
+    """Examples per client, int64 ``[K]``."""
+    return np.diff(self.offsets)
+
+  @property
+  def nbytes(self) -> int:
+    return sum(v.nbytes for v in self.features.values())
+
+  def client(self, k: int) -> dict:
+    """Client ``k``'s examples, as views into the store."""
+    lo, hi = self.offsets[k], self.offsets[k + 1]
+    return {n: v[lo:hi] for n, v in self.features.items()}
+
+  def map(self, fn: Callable[[dict], dict]) -> 'FederatedData':
+    """Applies a batched preprocessing function to all examples at once."""
+    out = fn(dict(self.features))
+    return FederatedData(out, self.offsets, self.client_ids)
+
+  def to_device(self, sharding=None) -> 'DeviceData':
+    """Places the store on the device(s) once (replicated by ``sharding``)."""
+    put = lambda x: jax.device_put(x, sharding)
+    return DeviceData(
+        features={n: put(v) for n, v in self.features.items()},
+        starts=put(self.offsets[:-1].astype(np.int32)),
+        sizes=put(self.sizes.astype(np.int32)))
+
+
+class DeviceData(NamedTuple):
+  """The example store as arrays the compiled round can gather from."""
+  features: Mapping[str, Array]
+  starts: Array   # [K] int32, first row of each client
+  sizes: Array    # [K] int32
+
+
+class Batching(NamedTuple):
+  """How a client's examples become local batches.
+
+  Exactly one of ``local_steps`` (every client takes that many batches,
+  cycling through reshuffled epochs of its data) and ``local_epochs`` (every
+  client passes over its data that many times, so clients take different
+  numbers of batches, padded and masked) is set.
+  """
+  batch_size: int
+  local_steps: int | None = None
+  local_epochs: int | None = None
+  shuffle: bool = True
+
+  def validate(self):
+    if not isinstance(self.batch_size, int) or self.batch_size < 1:
+      raise ValueError(f'batch_size must be a positive integer, '
+                       f'got {self.batch_size!r}.')
+    if (self.local_steps is None) == (self.local_epochs is None):
+      raise ValueError('set exactly one of local_steps and local_epochs, got '
+                       f'local_steps={self.local_steps!r}, '
+                       f'local_epochs={self.local_epochs!r}.')
+    for name in ('local_steps', 'local_epochs'):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+    return self
+
+  def num_steps(self, max_client_size: int) -> int:
+    """Static number of steps for clients of at most ``max_client_size``."""
+    if self.local_steps is not None:
+      return self.local_steps
+    return bucket(max(1, math.ceil(
+        self.local_epochs * max_client_size / self.batch_size)))
+
+
+def bucket(n: int) -> int:
+  """Rounds ``n`` up to 2^k or 3 * 2^(k-1), so shapes take few values.
+
+  Padding waste is at most a third, and a run sees O(log n) shapes.
+  """
+  if n <= 2:
+    return max(n, 1)
+  p = 1 << (n - 1).bit_length()
+  return 3 * p // 4 if n <= 3 * p // 4 else p
+
+
+def client_keys(round_key, client_ids):
+  """``fold_in(round_key, client_id)``: a client's randomness in a round.
+
+  It depends on the client's id only, never on its position in the cohort,
+  padding, chunking or devices.
+  """
+  return jax.vmap(lambda c: jax.random.fold_in(round_key, c))(client_ids)
+
+
+def plan_client(key, start, size, *, batching: Batching, num_steps: int,
+                max_size: int):
+  """One client's index plan: store rows ``[S, B]`` and their mask.
+
+  The client's examples are visited epoch after epoch, each epoch in a fresh
+  order drawn from ``key``. A random order of ``size`` items is the argsort of
+  random numbers over padded slots, so the shape stays static; epoch numbers
+  are the primary sort key, so epochs never mix.
+
+  With ``local_steps`` the last epoch may be used only in part: its order is
+  still drawn over all of the client's examples, so the part is a uniform
+  random subset.
+  """
+  b = batching.batch_size
+  needed = num_steps * b
+  if batching.local_steps is not None:
+    num_slots = needed + max_size   # whole epochs covering the needed slots
+  else:
+    num_slots = needed
+  slot = jnp.arange(num_slots, dtype=jnp.int32)
+  n = jnp.maximum(size, 1)
+  epoch = slot // n
+  item = slot % n
+  if batching.local_steps is not None:
+    valid_slots = ((needed + n - 1) // n) * n
+    used = needed
+  else:
+    valid_slots = batching.local_epochs * size
+    used = valid_slots
+  if batching.shuffle:
+    noise = jax.random.uniform(key, (num_slots,))
+    epoch_or_end = jnp.where(slot < valid_slots, epoch, num_slots + 1)
+    order = jnp.lexsort((noise, epoch_or_end))[:needed]
+  else:
+    order = slot[:needed]
+  mask = (jnp.arange(needed) < used) & (size > 0)
+  rows = jnp.where(mask, start + item[order], 0)
+  return rows.reshape(num_steps, b), mask.reshape(num_steps, b)
+
+
+def gather(features: Mapping[str, Array], rows):
+  """Gathers store rows ``[...]`` into batches ``[..., *feature_shape]``."""
+  if isinstance(rows, np.ndarray):
+    return {n: np.take(v, rows, axis=0) for n, v in features.items()}
+  return {n: jnp.take(v, rows, axis=0, mode='clip')
+          for n, v in features.items()}
+
+
+class Cohort(NamedTuple):
+  """One round's clients, padded to a fixed number ``C``.
+
+  ``batches``/``example_mask`` are present when the cohort was gathered on the
+  host; they are ``None`` when the compiled round gathers them itself from a
+  ``DeviceData`` store (then only the small per-client arrays travel).
+  """
+  client_ids: Array            # [C] int32, index into the FederatedData
+  client_mask: Array           # [C] bool, False for padding
+  weights: Array               # [C] float32, 0 for padding
+  batches: Mapping[str, Array] | None = None   # [C, S, B, ...]
+  example_mask: Array | None = None            # [C, S, B] bool
+
+
+def select(data: FederatedData, client_ids, *, num_padded: int,
+           weighting: str = 'examples') -> Cohort:
+  """The per-client part of a cohort: ids padded to ``num_padded``, weights.
+
+  Args:
+    data: the store the ids index.
+    client_ids: the sampled clients (indices into ``data``).
+    num_padded: the fixed cohort size ``C`` (at least ``len(client_ids)``).
+    weighting: ``'examples'`` weighs a client by its number of examples
+      (FedAvg, McMahan et al. 2017), ``'uniform'`` weighs every client 1.
+  """
+  client_ids = np.asarray(client_ids, dtype=np.int32)
+  c = client_ids.size
+  if c > num_padded:
+    raise ValueError(f'{c} clients do not fit a cohort of {num_padded}.')
+  if c and (client_ids.min() < 0 or client_ids.max() >= data.num_clients):
+    raise ValueError(f'client ids must lie in [0, {data.num_clients}), got '
+                     f'{client_ids.min()}..{client_ids.max()}.')
+  if weighting == 'examples':
+    w = data.sizes[client_ids].astype(np.float32)
+  elif weighting == 'uniform':
+    w = np.ones(c, np.float32)
+  else:
+    raise ValueError(f"weighting must be 'examples' or 'uniform', got "
+                     f'{weighting!r}.')
+  pad = num_padded - c
+  return Cohort(
+      client_ids=np.concatenate([client_ids, np.zeros(pad, np.int32)]),
+      client_mask=np.concatenate([np.ones(c, bool), np.zeros(pad, bool)]),
+      weights=np.concatenate([w, np.zeros(pad, np.float32)]))
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('batching', 'num_steps', 'max_size'))
+def plan_cohort(round_key, client_ids, client_mask, starts, sizes, *,
+                batching: Batching, num_steps: int, max_size: int):
+  """Index plans ``[C, S, B]`` for a cohort, padded clients fully masked."""
+  keys = client_keys(round_key, client_ids)
+  data_keys = jax.vmap(lambda k: jax.random.fold_in(k, DATA_STREAM))(keys)
+  plan = jax.vmap(lambda k, s, n: plan_client(
+      k, s, n, batching=batching, num_steps=num_steps, max_size=max_size))
+  rows, mask = plan(data_keys, starts[client_ids], sizes[client_ids])
+  return rows, mask & client_mask[:, None, None]
+
+
+def gather_on_host(data: FederatedData, cohort: Cohort, round_key, *,
+                   batching: Batching, num_steps: int, max_size: int) -> Cohort:
+  """Fills ``cohort.batches`` by gathering the plan's rows with numpy."""
+  rows, mask = plan_cohort(
+      round_key, jnp.asarray(cohort.client_ids), jnp.asarray(cohort.client_mask),
+      jnp.asarray(data.offsets[:-1], jnp.int32),
+      jnp.asarray(data.sizes, jnp.int32),
+      batching=batching, num_steps=num_steps, max_size=max_size)
+  rows = np.asarray(rows)
+  return cohort._replace(batches=gather(data.features, rows),
+                         example_mask=np.asarray(mask))
+
+
+# Independent random streams derived from one client key.
+DATA_STREAM = 0    # shuffling of the client's examples
+TRAIN_STREAM = 1   # the key handed to client_update (dropout, noise, ...)

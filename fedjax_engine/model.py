@@ -1,0 +1,130 @@
+"""The Model contract: pure init/apply with per-example loss and metrics.
+
+A batch is a dict of arrays with a leading example axis, ``{'x': ..., 'y': ...}``
+for supervised data. Losses and metrics are *per example*; the engine applies
+the example mask and the reductions, so padding never leaks into a result.
+
+Example:
+
+  >>> import jax, flax.linen as nn
+  >>> model = from_linen(nn.Dense(3), sample_batch={'x': jax.numpy.zeros((1, 4))})
+  >>> params = model.init(jax.random.key(0))
+  >>> model.apply(params, {'x': jax.numpy.ones((2, 4))}).shape
+  (2, 3)
+"""
+
+import inspect
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = Any
+Params = Any
+Batch = Mapping[str, Array]
+
+
+class Model(NamedTuple):
+  """A model as pure functions.
+
+  Attributes:
+    init: ``init(key) -> params``.
+    apply: ``apply(params, batch, *, key=None, train=False) -> outputs``;
+      ``key`` feeds dropout and other training-time randomness.
+    loss: ``loss(outputs, batch) -> [batch]`` per-example loss.
+    metrics: name -> ``fn(outputs, batch) -> [batch]`` per-example metric,
+      averaged over examples (and over clients) by the engine.
+  """
+  init: Callable[[Array], Params]
+  apply: Callable[..., Array]
+  loss: Callable[[Array, Batch], Array]
+  metrics: Mapping[str, Callable[[Array, Batch], Array]]
+
+
+def softmax_cross_entropy(logits, batch: Batch):
+  """Per-example cross entropy against integer labels ``batch['y']``."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
+
+
+def accuracy(logits, batch: Batch):
+  """Per-example 0/1 accuracy against integer labels ``batch['y']``."""
+  return (jnp.argmax(logits, axis=-1) == batch['y']).astype(jnp.float32)
+
+
+CLASSIFICATION_METRICS = {'loss': softmax_cross_entropy, 'accuracy': accuracy}
+
+
+def from_linen(module, *, sample_batch: Batch, input_key: str = 'x',
+               loss=softmax_cross_entropy,
+               metrics: Mapping[str, Callable] | None = None) -> Model:
+  """Wraps a flax linen module as a :class:`Model`.
+
+  The module is called on ``batch[input_key]``. If its ``__call__`` takes a
+  ``train`` argument, it is passed, and ``key`` becomes the ``'dropout'`` rng.
+
+  Args:
+    module: a ``flax.linen.Module`` holding only ``params`` (no batch
+      statistics: client-side normalisation state has no federated meaning;
+      use group or layer norm).
+    sample_batch: a batch used to shape the parameters at ``init``.
+    input_key: the batch entry the module consumes.
+    loss: per-example loss ``loss(outputs, batch)``.
+    metrics: per-example metrics; defaults to loss and accuracy.
+  """
+  takes_train = 'train' in inspect.signature(module.__call__).parameters
+
+  def call_kwargs(train):
+    return {'train': train} if takes_train else {}
+
+  def init(key):
+    variables = module.init(key, sample_batch[input_key], **call_kwargs(False))
+    extra = sorted(set(variables) - {'params'})
+    if extra:
+      raise ValueError(
+          f'{type(module).__name__} has variable collections {extra} besides '
+          "'params'; only stateless modules are supported (use GroupNorm or "
+          'LayerNorm instead of BatchNorm).')
+    return variables['params']
+
+  def apply(params, batch, *, key=None, train=False):
+    rngs = {'dropout': key} if key is not None else None
+    return module.apply({'params': params}, batch[input_key], rngs=rngs,
+                        **call_kwargs(train))
+
+  return Model(init, apply, loss, dict(metrics or CLASSIFICATION_METRICS))
+
+
+def from_nnx(make_module: Callable, *, input_key: str = 'x',
+             loss=softmax_cross_entropy,
+             metrics: Mapping[str, Callable] | None = None) -> Model:
+  """Wraps a flax nnx module as a :class:`Model`.
+
+  nnx modules are stateful objects; crossing into ``vmap``/``jit`` uses the
+  functional API (``nnx.split``/``nnx.merge``), so params travel as a pytree.
+
+  Args:
+    make_module: ``make_module(rngs: nnx.Rngs) -> nnx.Module``.
+    input_key, loss, metrics: as in :func:`from_linen`.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  graphdef, _ = nnx.split(jax.eval_shape(
+      lambda: make_module(nnx.Rngs(0))), nnx.Param)
+
+  def init(key):
+    module = make_module(nnx.Rngs(key))
+    _, params, rest = nnx.split(module, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+      raise ValueError(
+          f'{type(module).__name__} holds state besides nnx.Param '
+          f'({sorted(str(p) for p, _ in nnx.to_flat_state(rest))[:3]}); only '
+          'parameter-only modules are supported.')
+    return params
+
+  def apply(params, batch, *, key=None, train=False):
+    del key, train  # parameter-only modules carry no dropout rng state
+    module = nnx.merge(graphdef, params)
+    return module(batch[input_key])
+
+  return Model(init, apply, loss, dict(metrics or CLASSIFICATION_METRICS))

@@ -1,0 +1,289 @@
+"""The engine: a federated round as one compiled program.
+
+Inside the program, ``client_update`` is vmapped over a chunk of clients, a
+scan walks the chunks while the aggregator streams their outputs into a fixed
+size accumulator, and the cohort axis is split over a device mesh axis named
+``'clients'`` with ``shard_map``; the per-device accumulators are combined by
+one all-reduce. When the example store lives on the device, each chunk's
+batches are planned and gathered inside the scan, so memory depends on the
+chunk size and not on the cohort size.
+
+Example:
+
+  >>> import jax, optax, fedjax_engine as fe
+  >>> train, _ = fe.datasets.synthetic(num_clients=20, seed=0)
+  >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
+  >>> algo = fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1))
+  >>> rnd = make_round(algo, train, clients_per_round=4,
+  ...                  batching=fe.Batching(batch_size=8, local_steps=2))
+  >>> state = algo.init(model.init(jax.random.key(0)))
+  >>> state, _, metrics = rnd(state, (), rnd.select([0, 1, 2, 3]),
+  ...                         jax.random.key(1))
+  >>> sorted(metrics)
+  ['clients', 'train_loss']
+
+Reference for the round structure: McMahan et al., "Communication-Efficient
+Learning of Deep Networks from Decentralized Data", AISTATS 2017.
+"""
+
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fedjax_engine import data as data_lib
+from fedjax_engine import tree
+from fedjax_engine.algorithm import Algorithm, Mean, RoundInfo
+
+PyTree = Any
+AXIS = 'clients'
+
+
+def default_mesh() -> Mesh:
+  """All local devices on one ``'clients'`` axis."""
+  return Mesh(np.array(jax.devices()), (AXIS,))
+
+
+def default_chunk_size(num_params: int, per_device_clients: int,
+                       backend: str | None = None) -> int:
+  """How many clients one device trains at once, when the user does not say.
+
+  On accelerators, all of them. On CPU, vmapping per-client weights turns one
+  large matmul into many small batched ones, which XLA:CPU runs slowly; past a
+  few thousand parameters, clients one after another inside the compiled
+  scan are faster (measured in benchmarks/round_speed.py).
+  """
+  backend = backend or jax.default_backend()
+  if backend != 'cpu' or num_params <= CPU_VMAP_MAX_PARAMS:
+    return per_device_clients
+  return 1
+
+
+# Largest model (parameters) that is vmapped across clients on CPU by default.
+CPU_VMAP_MAX_PARAMS = 20_000
+
+
+def chunked(body, acc, xs, num_chunks: int):
+  """``lax.scan`` over chunks, skipped when there is one chunk.
+
+  A single chunk calls the body directly: no loop in the program, which also
+  keeps XLA:CPU's slow in-loop convolution gradients out of that case.
+  """
+  if num_chunks == 1:
+    acc, ys = body(acc, jax.tree.map(lambda x: x[0], xs))
+    return acc, jax.tree.map(lambda y: y[None], ys)
+  return jax.lax.scan(body, acc, xs)
+
+
+def split_chunks(tree, num_chunks):
+  return jax.tree.map(
+      lambda x: x.reshape((num_chunks, x.shape[0] // num_chunks) + x.shape[1:]),
+      tree)
+
+
+def merge_chunks(tree):
+  return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
+
+
+def _sum_metrics(metrics, client_mask):
+  """Sums per-client ``Mean`` metrics over the chunk, padded clients out."""
+  def masked_sum(x):
+    m = client_mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.sum(x * m, axis=0)
+  return jax.tree.map(masked_sum, metrics)
+
+
+def _finalize_metrics(sums):
+  return {name: m.total / jnp.maximum(m.count, 1e-12)
+          for name, m in sums.items()}
+
+
+class BatchLoader(NamedTuple):
+  """Produces a chunk's batches, from the device store or the host cohort."""
+  batching: data_lib.Batching
+  max_size: int
+
+  def __call__(self, store, chunk, keys, num_steps):
+    if chunk['batches'] is not None:
+      return chunk['batches'], chunk['example_mask']
+    data_keys = jax.vmap(
+        lambda k: jax.random.fold_in(k, data_lib.DATA_STREAM))(keys)
+    plan = jax.vmap(functools.partial(
+        data_lib.plan_client, batching=self.batching, num_steps=num_steps,
+        max_size=self.max_size))
+    ids = chunk['client_ids']
+    rows, mask = plan(data_keys, store.starts[ids], store.sizes[ids])
+    mask = mask & chunk['client_mask'][:, None, None]
+    return data_lib.gather(store.features, rows), mask
+
+
+class Round:
+  """A compiled federated round; build it with :func:`make_round`.
+
+  Call it as ``round(server_state, client_states, cohort, round_key) ->
+  (server_state, client_states, metrics)``. ``client_states`` is the table
+  of every client's state (leading axis = clients of the dataset), or ``()``
+  for stateless algorithms. The server and client states are donated: do
+  not reuse the arrays passed in.
+  """
+
+  def __init__(self, algorithm: Algorithm, data: data_lib.FederatedData, *,
+               batching: data_lib.Batching, clients_per_round: int,
+               client_chunk_size: int | None, mesh: Mesh | None,
+               weighting: str, gather: str):
+    self.algorithm = algorithm
+    self.data = data
+    self.batching = batching.validate()
+    self.mesh = mesh or default_mesh()
+    self.weighting = weighting
+    num_devices = self.mesh.devices.size
+    if clients_per_round < 1 or clients_per_round > data.num_clients:
+      raise ValueError(
+          f'clients_per_round must lie in [1, {data.num_clients}] (the '
+          f'number of clients), got {clients_per_round}.')
+    per_device = math.ceil(clients_per_round / num_devices)
+    if client_chunk_size is not None:
+      if client_chunk_size < 1:
+        raise ValueError(
+            f'client_chunk_size must be positive, got {client_chunk_size}.')
+      client_chunk_size = min(client_chunk_size, per_device)
+      per_device = math.ceil(per_device / client_chunk_size) * client_chunk_size
+    # When None, the default is picked at the first call from the model size;
+    # both defaults (all clients, or one) divide per_device, so the cohort
+    # size is already final.
+    self.chunk_size = client_chunk_size
+    self.per_device = per_device
+    self.cohort_size = per_device * num_devices
+    self.max_size = data_lib.bucket(int(data.sizes.max(initial=1)))
+    if gather not in ('device', 'host'):
+      raise ValueError(f"gather must be 'device' or 'host', got {gather!r}.")
+    self.gather = gather
+    replicated = NamedSharding(self.mesh, P())
+    self._store = data.to_device(replicated) if gather == 'device' else None
+    self._sharded = NamedSharding(self.mesh, P(AXIS))
+    self._loader = BatchLoader(self.batching, self.max_size)
+    self._jitted = jax.jit(self._round, donate_argnums=(0, 1),
+                           static_argnames=('num_steps',))
+
+  def select(self, client_ids) -> data_lib.Cohort:
+    """A cohort of these clients, padded to the round's fixed size."""
+    return data_lib.select(self.data, client_ids, num_padded=self.cohort_size,
+                           weighting=self.weighting)
+
+  def num_steps(self, cohort: data_lib.Cohort) -> int:
+    sizes = self.data.sizes[np.asarray(cohort.client_ids)]
+    sizes = sizes[np.asarray(cohort.client_mask)]
+    return self.batching.num_steps(int(sizes.max(initial=1)))
+
+  @property
+  def num_chunks(self) -> int:
+    return self.per_device // self.chunk_size
+
+  def __call__(self, server_state, client_states, cohort, round_key):
+    if self.chunk_size is None:
+      self.chunk_size = default_chunk_size(
+          tree.size(server_state.params), self.per_device)
+    num_steps = self.num_steps(cohort)
+    if self.gather == 'host':
+      cohort = data_lib.gather_on_host(
+          self.data, cohort, round_key, batching=self.batching,
+          num_steps=num_steps, max_size=self.max_size)
+    cohort = jax.device_put(cohort, self._sharded)
+    return self._jitted(server_state, client_states, cohort, round_key,
+                        self._store, num_steps=num_steps)
+
+  def _round(self, server_state, client_states, cohort, round_key, store, *,
+             num_steps):
+    algo = self.algorithm
+    stateful = algo.init_client_state is not None
+    ids = cohort.client_ids
+    cohort_states = (jax.tree.map(
+        lambda t: jnp.take(t, ids, axis=0, mode='clip'), client_states)
+                     if stateful else ())
+    keys = data_lib.client_keys(round_key, ids)
+    per_client = dict(client_ids=ids, client_mask=cohort.client_mask,
+                      weights=cohort.weights, keys=keys, states=cohort_states,
+                      batches=cohort.batches, example_mask=cohort.example_mask)
+
+    def on_device(server_state, per_client, store):
+      chunks = split_chunks(per_client, self.num_chunks)
+      vmapped = jax.vmap(algo.client_update, in_axes=(None, 0, 0, 0, 0))
+
+      def run_chunk(chunk):
+        batches, mask = self._loader(store, chunk, chunk['keys'], num_steps)
+        train_keys = jax.vmap(
+            lambda k: jax.random.fold_in(k, data_lib.TRAIN_STREAM))(
+                chunk['keys'])
+        return vmapped(server_state, chunk['states'], batches, mask,
+                       train_keys)
+
+      first = jax.tree.map(lambda x: x[0], chunks)
+      out_shape = jax.eval_shape(
+          lambda c: jax.tree.map(lambda x: x[0], run_chunk(c)), first)
+      acc0 = (algo.aggregator.init(out_shape[0]),
+              jax.tree.map(jnp.zeros_like, out_shape[2]))
+
+      def body(acc, chunk):
+        outputs, new_states, metrics = run_chunk(chunk)
+        agg_acc, metric_acc = acc
+        agg_acc = algo.aggregator.accumulate(agg_acc, outputs, chunk['weights'])
+        metric_acc = jax.tree.map(
+            jnp.add, metric_acc, _sum_metrics(metrics, chunk['client_mask']))
+        return (agg_acc, metric_acc), new_states
+
+      acc, new_states = chunked(body, acc0, chunks, self.num_chunks)
+      acc = jax.lax.psum(acc, AXIS)
+      return acc, merge_chunks(new_states)
+
+    client_spec = jax.tree.map(lambda _: P(AXIS), per_client)
+    (agg_acc, metric_sums), new_states = jax.shard_map(
+        on_device, mesh=self.mesh,
+        in_specs=(P(), client_spec, P()),
+        out_specs=(P(), P(AXIS)), check_vma=False)(
+            server_state, per_client, store)
+
+    info = RoundInfo(num_clients=jnp.sum(cohort.client_mask),
+                     total_weight=jnp.sum(cohort.weights))
+    server_state = algo.server_update(
+        server_state, algo.aggregator.finalize(agg_acc), info)
+    if stateful:
+      table_size = jax.tree.leaves(client_states)[0].shape[0]
+      rows = jnp.where(cohort.client_mask, ids, table_size)
+      client_states = jax.tree.map(
+          lambda t, new: t.at[rows].set(new, mode='drop'),
+          client_states, new_states)
+    metrics = _finalize_metrics(metric_sums)
+    metrics['clients'] = info.num_clients
+    return server_state, client_states, metrics
+
+
+def make_round(algorithm: Algorithm, data: data_lib.FederatedData, *,
+               batching: data_lib.Batching, clients_per_round: int,
+               client_chunk_size: int | None = None, mesh: Mesh | None = None,
+               weighting: str = 'examples', gather: str = 'device') -> Round:
+  """Compiles ``algorithm``'s round over clients of ``data``.
+
+  Args:
+    algorithm: the federated algorithm.
+    data: the training clients.
+    batching: local batch size and steps or epochs.
+    clients_per_round: real clients per round; the cohort is padded up to a
+      multiple of (devices x chunk size) with zero-weight clients.
+    client_chunk_size: clients vmapped at once on each device; the rest are
+      scanned chunk after chunk with streaming aggregation. ``None`` picks a
+      default for the backend and model size (:func:`default_chunk_size`).
+    mesh: devices to shard the cohort over (axis ``'clients'``); all local
+      devices by default.
+    weighting: ``'examples'`` or ``'uniform'`` aggregation weights.
+    gather: ``'device'`` places the example store on every device once and
+      gathers batches inside the compiled round; ``'host'`` gathers each
+      round's cohort with numpy (for data larger than device memory).
+  """
+  return Round(algorithm, data, batching=batching,
+               clients_per_round=clients_per_round,
+               client_chunk_size=client_chunk_size, mesh=mesh,
+               weighting=weighting, gather=gather)
