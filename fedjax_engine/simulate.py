@@ -162,8 +162,9 @@ class Round:
     if gather not in ('device', 'host'):
       raise ValueError(f"gather must be 'device' or 'host', got {gather!r}.")
     self.gather = gather
-    replicated = NamedSharding(self.mesh, P())
-    self._store = data.to_device(replicated) if gather == 'device' else None
+    self._replicated = NamedSharding(self.mesh, P())
+    self._store = (data.to_device(self._replicated) if gather == 'device'
+                   else None)
     self._sharded = NamedSharding(self.mesh, P(AXIS))
     self._loader = BatchLoader(self.batching, self.max_size)
     self._jitted = jax.jit(self._round, donate_argnums=(0, 1),
@@ -193,6 +194,10 @@ class Round:
           self.data, cohort, round_key, batching=self.batching,
           num_steps=num_steps, max_size=self.max_size)
     cohort = jax.device_put(cohort, self._sharded)
+    # States returned by a round are replicated over the mesh; placing the
+    # first round's inputs the same way keeps one compiled program.
+    server_state, client_states = jax.device_put(
+        (server_state, client_states), self._replicated)
     return self._jitted(server_state, client_states, cohort, round_key,
                         self._store, num_steps=num_steps)
 

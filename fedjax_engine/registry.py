@@ -1,0 +1,130 @@
+"""Names for algorithms, datasets, models and optimizers, and plug-ins.
+
+Anything the CLI takes by name can also be given as ``"package.module:attr"``,
+which is imported, so a lab's own method runs without touching this package:
+``--algorithm=my_lab.my_method:build``.
+
+* An algorithm factory is called as ``factory(model, **hyperparameters)``;
+  the CLI passes ``client_optimizer`` and ``server_optimizer`` only to
+  factories that take them.
+* A dataset entry is a :class:`DatasetEntry`; its ``load(**options)`` returns
+  ``(train, test)`` FederatedData.
+* A model factory is called as ``factory(*, input_shape, num_classes)``.
+
+Example:
+
+  >>> import fedjax_engine as fe
+  >>> resolve(ALGORITHMS, 'fedavg', kind='algorithm') is fe.algorithms.fedavg
+  True
+  >>> resolve(ALGORITHMS, 'fedprox2', kind='algorithm')
+  Traceback (most recent call last):
+  ...
+  ValueError: unknown algorithm 'fedprox2'; known: fedavg, fedsgd, or a plug-in as 'package.module:attribute'.
+"""
+
+import importlib
+import math
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjax_engine import algorithms
+from fedjax_engine import datasets
+from fedjax_engine import models
+
+
+class DatasetEntry(NamedTuple):
+  load: Callable[..., tuple]   # load(**options) -> (train, test)
+  num_classes: int
+
+
+ALGORITHMS: Mapping[str, Callable] = {
+    'fedavg': algorithms.fedavg,
+    'fedsgd': algorithms.fedsgd,
+}
+
+DATASETS: Mapping[str, DatasetEntry] = {
+    'synthetic': DatasetEntry(datasets.synthetic, num_classes=10),
+}
+
+
+def _flat(shape):
+  return math.prod(shape)
+
+
+MODELS: Mapping[str, Callable] = {
+    'logistic': lambda *, input_shape, num_classes: models.logistic_regression(
+        num_features=_flat(input_shape), num_classes=num_classes),
+    'mlp': lambda *, input_shape, num_classes: models.mlp(
+        num_features=_flat(input_shape), num_classes=num_classes),
+}
+
+
+def make_optimizer(name: str, *, learning_rate: float, momentum: float = 0.0,
+                   beta1: float = 0.9, beta2: float = 0.99,
+                   epsilon: float = 1e-3) -> optax.GradientTransformation:
+  """An optax optimizer by name: sgd, adam, yogi or adagrad.
+
+  ``momentum`` applies to sgd (0 is plain SGD; FedAvgM uses server momentum).
+  ``beta1``, ``beta2``, ``epsilon`` apply to adam and yogi, ``epsilon`` to
+  adagrad; the defaults follow Reddi et al., "Adaptive Federated
+  Optimization", ICLR 2021 (tau = 1e-3 as epsilon, beta2 = 0.99).
+  """
+  if not learning_rate > 0:
+    raise ValueError(f'learning rate must be positive, got {learning_rate}.')
+  if name == 'sgd':
+    return optax.sgd(learning_rate, momentum=momentum or None)
+  if name == 'adam':
+    return optax.adam(learning_rate, b1=beta1, b2=beta2, eps=epsilon)
+  if name == 'yogi':
+    return optax.yogi(learning_rate, b1=beta1, b2=beta2, eps=epsilon)
+  if name == 'adagrad':
+    return fed_adagrad(learning_rate, tau=epsilon)
+  raise ValueError(f'unknown optimizer {name!r}; known: {", ".join(OPTIMIZERS)}.')
+
+
+OPTIMIZERS = ('sgd', 'adam', 'yogi', 'adagrad')
+
+
+def fed_adagrad(learning_rate: float, *, tau: float = 1e-3
+                ) -> optax.GradientTransformation:
+  """Adagrad as FedAdagrad writes it, tau outside the square root.
+
+  ``v_t = v_{t-1} + g_t^2``, ``update = -lr * g_t / (sqrt(v_t) + tau)``
+  (Reddi et al., ICLR 2021, Algorithm 2, with v_{-1} = 0). optax.adagrad
+  puts its epsilon inside the square root and starts v at 0.1.
+  """
+  def init(params):
+    return jax.tree.map(jnp.zeros_like, params)
+
+  def update(grads, v, params=None):
+    del params
+    v = jax.tree.map(lambda a, g: a + g * g, v, grads)
+    updates = jax.tree.map(
+        lambda g, a: -learning_rate * g / (jnp.sqrt(a) + tau), grads, v)
+    return updates, v
+
+  return optax.GradientTransformation(init, update)
+
+
+def resolve(table: Mapping[str, Any], name: str, *, kind: str):
+  """Looks ``name`` up in ``table``, or imports ``"package.module:attr"``."""
+  if ':' in name:
+    module_name, _, attr = name.partition(':')
+    try:
+      module = importlib.import_module(module_name)
+    except ImportError as e:
+      raise ValueError(f'cannot import {kind} plug-in module {module_name!r} '
+                       f'(from {name!r}): {e}') from e
+    try:
+      return getattr(module, attr)
+    except AttributeError:
+      raise ValueError(f'{kind} plug-in module {module_name!r} has no '
+                       f'attribute {attr!r}.') from None
+  if name not in table:
+    raise ValueError(
+        f'unknown {kind} {name!r}; known: {", ".join(sorted(table))}, or a '
+        "plug-in as 'package.module:attribute'.")
+  return table[name]

@@ -1,0 +1,140 @@
+"""The experiment loop: rounds, evaluation cadence, metric files, progress.
+
+Every round appends one JSON object to ``<output_dir>/metrics.jsonl`` and
+flushes it, so an interrupted run keeps every finished round. Keys:
+``round`` (rounds completed), ``seconds`` (the round's wall time; the first
+round's includes compilation), ``train_loss`` and the algorithm's other client
+metrics, and on evaluation rounds ``test_loss``, ``test_accuracy`` (over all
+test examples) and ``test_loss_per_client``, ``test_accuracy_per_client``
+(the mean over clients).
+
+Example:
+
+  >>> import optax, fedjax_engine as fe
+  >>> train, test = fe.datasets.synthetic(num_clients=20, seed=0)
+  >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
+  >>> history = run_experiment(
+  ...     fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1)), model,
+  ...     train, test, batching=fe.Batching(batch_size=10, local_steps=2),
+  ...     clients_per_round=5, num_rounds=3, eval_every=3, progress=False)
+  >>> [sorted(h) for h in history][-1][:3]
+  ['clients', 'round', 'seconds']
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from fedjax_engine import data as data_lib
+from fedjax_engine import evaluate as evaluate_lib
+from fedjax_engine import sampling
+from fedjax_engine import simulate
+from fedjax_engine.algorithm import Algorithm
+from fedjax_engine.model import Model
+
+
+def _to_python(metrics: dict) -> dict:
+  out = {}
+  for k, v in metrics.items():
+    v = float(np.asarray(v))
+    out[k] = v if math.isfinite(v) else str(v)
+  return out
+
+
+def run_experiment(algorithm: Algorithm, model: Model,
+                   train: data_lib.FederatedData,
+                   test: data_lib.FederatedData | None, *,
+                   batching: data_lib.Batching, clients_per_round: int,
+                   num_rounds: int, eval_every: int = 10, seed: int = 0,
+                   client_chunk_size: int | None = None,
+                   weighting: str = 'examples', gather: str = 'device',
+                   eval_batch_size: int = 256, output_dir: str | None = None,
+                   progress: bool = True) -> list[dict[str, Any]]:
+  """Runs ``num_rounds`` rounds and returns one metrics dict per round.
+
+  Args:
+    algorithm, model: what to train.
+    train, test: the clients' train and test splits (``test`` may be None).
+    batching: local batch size and steps or epochs.
+    clients_per_round: clients sampled uniformly each round.
+    num_rounds: rounds to run (0 only evaluates the initial model).
+    eval_every: evaluate on ``test`` every this many rounds and after the last
+      (0 evaluates only after the last).
+    seed: seeds the initial params, the client sampling and every client's
+      randomness.
+    client_chunk_size, weighting, gather: see :func:`fedjax_engine.make_round`.
+    eval_batch_size: examples per forward pass in evaluation.
+    output_dir: where ``metrics.jsonl`` goes (None: nowhere).
+    progress: show a progress bar on stderr.
+  """
+  if num_rounds < 0:
+    raise ValueError(f'num_rounds must be >= 0, got {num_rounds}.')
+  if eval_every < 0:
+    raise ValueError(f'eval_every must be >= 0, got {eval_every}.')
+  rnd = simulate.make_round(
+      algorithm, train, batching=batching,
+      clients_per_round=clients_per_round,
+      client_chunk_size=client_chunk_size, weighting=weighting, gather=gather)
+  evaluate = (evaluate_lib.make_evaluate(model, test,
+                                         batch_size=eval_batch_size)
+              if test is not None else None)
+  sample = sampling.uniform(num_clients=train.num_clients,
+                            clients_per_round=clients_per_round, seed=seed)
+  key = jax.random.key(seed)
+  init_key, rounds_key = jax.random.split(key)
+  server_state = algorithm.init(model.init(init_key))
+  client_states = (jax.vmap(algorithm.init_client_state, axis_size=train.num_clients,
+                            in_axes=None)(server_state.params)
+                   if algorithm.init_client_state is not None else ())
+
+  sink = None
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+    sink = open(os.path.join(output_dir, 'metrics.jsonl'), 'a')
+  bar = None
+  if progress:
+    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=num_rounds, unit='round', dynamic_ncols=True)
+
+  history = []
+  try:
+    if num_rounds == 0 and evaluate is not None:
+      record = {'round': 0, **{f'test_{k}': v for k, v in _to_python(
+          evaluate(server_state.params)).items()}}
+      history.append(record)
+      if sink:
+        sink.write(json.dumps(record) + '\n')
+    for r in range(num_rounds):
+      start = time.perf_counter()
+      cohort = rnd.select(sample(r))
+      server_state, client_states, metrics = rnd(
+          server_state, client_states, cohort,
+          jax.random.fold_in(rounds_key, r))
+      record = {'round': r + 1, **_to_python(metrics)}
+      record['seconds'] = time.perf_counter() - start
+      last = r + 1 == num_rounds
+      if evaluate is not None and (last or (eval_every and
+                                            (r + 1) % eval_every == 0)):
+        scores = _to_python(evaluate(server_state.params))
+        record.update({f'test_{k}': v for k, v in scores.items()})
+      history.append(record)
+      if sink:
+        sink.write(json.dumps(record) + '\n')
+        sink.flush()
+      if bar is not None:
+        shown = {k: record[k] for k in ('train_loss', 'test_accuracy')
+                 if isinstance(record.get(k), float)}
+        bar.set_postfix({k: f'{v:.4f}' for k, v in shown.items()},
+                        refresh=False)
+        bar.update(1)
+  finally:
+    if bar is not None:
+      bar.close()
+    if sink:
+      sink.close()
+  return history

@@ -1,0 +1,459 @@
+"""Conformance suite: every algorithm's compiled round against a Python loop.
+
+Each algorithm in :data:`CONFORMANCE_CASES` must give, through
+``fe.make_round``, the round that a plain loop over the real clients gives
+(``client_update`` on each client's batches, a numpy weighted mean, then
+``server_update``), and that result must not depend on padding, the chunk
+size, the number of devices or the gathering path, must compile once, and
+must be a deterministic function of the round key.
+
+Compilation dominates the runtime on CPU, so compiled rounds, reference
+results and jitted client updates are cached per (algorithm, configuration)
+in this module and shared between tests; every call still starts from a fresh
+server state, as the round donates its inputs.
+"""
+
+import functools
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fedjax_engine as fe
+from fedjax_engine import data as data_lib
+
+# (name, build(model) -> Algorithm). Every entry of fedjax_engine.registry's
+# ALGORITHMS must appear here (test_registry_algorithms_are_covered).
+CONFORMANCE_CASES = [
+    ('fedavg', lambda model: fe.algorithms.fedavg(
+        model, client_optimizer=optax.sgd(0.1))),
+    ('fedadam', lambda model: fe.algorithms.fedavg(
+        model, client_optimizer=optax.sgd(0.1),
+        server_optimizer=optax.adam(1e-2, eps=1e-3))),
+    ('fedavgm', lambda model: fe.algorithms.fedavg(
+        model, client_optimizer=optax.sgd(0.1),
+        server_optimizer=optax.sgd(0.5, momentum=0.9))),
+    ('fedsgd', lambda model: fe.algorithms.fedsgd(
+        model, server_optimizer=optax.sgd(0.5))),
+]
+
+BATCHING = fe.Batching(batch_size=4, local_steps=3)
+# Local epochs: clients of 4 to 18 examples take 1 to 5 real steps, padded to
+# the cohort's bucketed 6 steps.
+EPOCHS_BATCHING = fe.Batching(batch_size=4, local_epochs=1)
+# Two rounds, so server optimizer state (momentum, Adam moments) carries over.
+# Client 6 (24 examples, more than one round uses) and client 9 (4 examples,
+# fewer) are both in; ids are unsorted so position in the cohort is arbitrary.
+ROUNDS = ([7, 2, 10, 0, 5], [1, 11, 6, 3, 9])
+CLIENTS_PER_ROUND = 5
+# The reference plans every cohort padded to this many clients, so its
+# planning program compiles once per number of steps.
+REFERENCE_COHORT = 8
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _round_key(r):
+  return jax.random.fold_in(jax.random.key(42), r)
+
+
+def _initial_state(algorithm, model):
+  return algorithm.init(model.init(jax.random.key(0)))
+
+
+def _mesh(num_devices):
+  return jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ('clients',))
+
+
+def _assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol,
+                               atol=atol)
+
+
+def _max_abs_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ---------------------------------------------------------------- caches
+
+_ALGORITHMS = {}
+_CLIENT_UPDATES = {}
+_REFERENCES = {}
+_ROUNDS = {}
+
+
+@pytest.fixture(params=CONFORMANCE_CASES, ids=[n for n, _ in CONFORMANCE_CASES])
+def case(request, logistic_model):
+  """(name, algorithm), the algorithm built once per name."""
+  name, build = request.param
+  if name not in _ALGORITHMS:
+    _ALGORITHMS[name] = build(logistic_model)
+  return name, _ALGORITHMS[name]
+
+
+def _client_update(name, algorithm):
+  if name not in _CLIENT_UPDATES:
+    _CLIENT_UPDATES[name] = jax.jit(algorithm.client_update)
+  return _CLIENT_UPDATES[name]
+
+
+class _Counted:
+  """A round whose algorithm counts how often ``client_update`` is traced."""
+
+  def __init__(self, algorithm, data, **config):
+    self.traces = 0
+
+    @functools.wraps(algorithm.client_update)
+    def client_update(*args):
+      self.traces += 1
+      return algorithm.client_update(*args)
+
+    self.round = fe.make_round(
+        algorithm._replace(client_update=client_update), data, **config)
+
+
+def _round(name, algorithm, data, *, batching=BATCHING,
+           clients_per_round=CLIENTS_PER_ROUND, num_devices=4,
+           client_chunk_size=None, gather='device') -> _Counted:
+  """The compiled round of one configuration, built once per module."""
+  config = (name, batching, clients_per_round, num_devices, client_chunk_size,
+            gather)
+  if config not in _ROUNDS:
+    _ROUNDS[config] = _Counted(
+        algorithm, data, batching=batching,
+        clients_per_round=clients_per_round, mesh=_mesh(num_devices),
+        client_chunk_size=client_chunk_size, gather=gather)
+  return _ROUNDS[config]
+
+
+def _run_engine(rnd, algorithm, model, rounds=ROUNDS):
+  """Runs ``rounds`` from a fresh state; returns (state, [metrics])."""
+  state = _initial_state(algorithm, model)
+  history = []
+  for r, ids in enumerate(rounds):
+    state, _, metrics = rnd(state, (), rnd.select(ids), _round_key(r))
+    history.append(jax.device_get(metrics))
+  return state, history
+
+
+def _reference(name, algorithm, model, data, *, max_size, batching=BATCHING,
+               rounds=ROUNDS):
+  """The rounds as a Python loop over the real clients, numpy aggregation.
+
+  The batches come from the engine's index plan gathered on the host
+  (``gather_on_host``), and each client's key is ``fold_in(fold_in(round_key,
+  client_id), TRAIN_STREAM)``, so the loop sees exactly the engine's
+  randomness. Returns (state, [{'train_loss', 'clients'}]).
+  """
+  cache_key = (name, batching, max_size, tuple(map(tuple, rounds)))
+  if cache_key in _REFERENCES:
+    return _REFERENCES[cache_key]
+  client_update = _client_update(name, algorithm)
+  state = _initial_state(algorithm, model)
+  history = []
+  for r, ids in enumerate(rounds):
+    ids = np.asarray(ids, np.int32)
+    round_key = _round_key(r)
+    cohort = data_lib.select(data, ids, num_padded=REFERENCE_COHORT)
+    cohort = data_lib.gather_on_host(
+        data, cohort, round_key, batching=batching,
+        num_steps=batching.num_steps(int(data.sizes[ids].max())),
+        max_size=max_size)
+    keys = data_lib.client_keys(round_key, jnp.asarray(ids))
+    outputs, loss_total, loss_count = [], 0.0, 0.0
+    for i in range(len(ids)):
+      batches = {k: v[i] for k, v in cohort.batches.items()}
+      key = jax.random.fold_in(keys[i], data_lib.TRAIN_STREAM)
+      output, _, metrics = client_update(state, (), batches,
+                                         cohort.example_mask[i], key)
+      outputs.append(jax.device_get(output))
+      loss_total += float(metrics['train_loss'].total)
+      loss_count += float(metrics['train_loss'].count)
+    weights = data.sizes[ids].astype(np.float64)
+    aggregate = jax.tree.map(
+        lambda *xs: np.tensordot(weights, np.stack(xs).astype(np.float64), 1)
+        / weights.sum(), *outputs)
+    aggregate = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), aggregate)
+    info = fe.RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
+                        total_weight=jnp.asarray(weights.sum(), jnp.float32))
+    state = algorithm.server_update(state, aggregate, info)
+    history.append({'train_loss': loss_total / loss_count,
+                    'clients': len(ids)})
+  # The comparison means something only if training moved the params.
+  initial = _initial_state(algorithm, model)
+  assert _max_abs_diff(state.params, initial.params) > 1e-4
+  _REFERENCES[cache_key] = state, history
+  return state, history
+
+
+def _assert_matches_reference(state, history, expected):
+  expected_state, expected_history = expected
+  _assert_trees_close(state, expected_state)
+  assert len(history) == len(expected_history)
+  for got, want in zip(history, expected_history):
+    np.testing.assert_allclose(got['train_loss'], want['train_loss'],
+                               rtol=RTOL)
+    assert int(got['clients']) == want['clients']
+
+
+# ----------------------------------------------------------------- tests
+
+
+def test_registry_algorithms_are_covered():
+  if importlib.util.find_spec('fedjax_engine.registry') is None:
+    pytest.skip('fedjax_engine.registry does not exist yet; nothing to cover.')
+  from fedjax_engine import registry  # pylint: disable=g-import-not-at-top
+  covered = {name for name, _ in CONFORMANCE_CASES}
+  missing = sorted(set(registry.ALGORITHMS) - covered)
+  assert not missing, (
+      f'algorithms {missing} are in registry.ALGORITHMS but have no entry in '
+      'tests/test_conformance.py CONFORMANCE_CASES; add one.')
+
+
+@pytest.mark.parametrize('gather', ['device', 'host'])
+def test_round_equals_python_loop(case, gather, synthetic_train,
+                                  logistic_model):
+  name, algorithm = case
+  counted = _round(name, algorithm, synthetic_train, gather=gather)
+  state, history = _run_engine(counted.round, algorithm, logistic_model)
+  _assert_matches_reference(state, history, _reference(
+      name, algorithm, logistic_model, synthetic_train,
+      max_size=counted.round.max_size))
+
+
+def test_local_epochs_round_equals_python_loop(case, synthetic_train,
+                                               logistic_model):
+  # Clients of different sizes take different numbers of real steps; the
+  # rest of the cohort's steps are padding.
+  name, algorithm = case
+  counted = _round(name, algorithm, synthetic_train, batching=EPOCHS_BATCHING)
+  state, history = _run_engine(counted.round, algorithm, logistic_model)
+  _assert_matches_reference(state, history, _reference(
+      name, algorithm, logistic_model, synthetic_train,
+      max_size=counted.round.max_size, batching=EPOCHS_BATCHING))
+
+
+def test_padded_clients_change_nothing(case, synthetic_train, logistic_model):
+  name, algorithm = case
+  # One device, five clients a round: the cohort is exactly the real clients.
+  full = _round(name, algorithm, synthetic_train, num_devices=1).round
+  # Eight on the same device: three padded clients (id 0, fully masked).
+  padded = _round(name, algorithm, synthetic_train, num_devices=1,
+                  clients_per_round=8).round
+  assert full.cohort_size == CLIENTS_PER_ROUND
+  assert padded.cohort_size == 8
+  cohort = padded.select(ROUNDS[0])
+  assert int(np.sum(~np.asarray(cohort.client_mask))) == 3
+  full_state, full_history = _run_engine(full, algorithm, logistic_model)
+  padded_state, padded_history = _run_engine(padded, algorithm, logistic_model)
+  _assert_trees_close(padded_state, full_state)
+  for got, want in zip(padded_history, full_history):
+    np.testing.assert_allclose(got['train_loss'], want['train_loss'],
+                               rtol=RTOL)
+    assert int(got['clients']) == int(want['clients']) == CLIENTS_PER_ROUND
+  _assert_matches_reference(full_state, full_history, _reference(
+      name, algorithm, logistic_model, synthetic_train,
+      max_size=full.max_size))
+
+
+def _pad_batches(batches, mask, extra_steps, extra_examples, rng):
+  """Appends fully masked steps and masked examples holding garbage values."""
+  def pad(x):
+    s, b = x.shape[:2]
+    shape = (s + extra_steps, b + extra_examples) + x.shape[2:]
+    if np.issubdtype(x.dtype, np.integer):   # labels: keep them valid
+      out = rng.integers(0, int(x.max()) + 1, shape).astype(x.dtype)
+    else:
+      out = (10.0 * rng.standard_normal(shape)).astype(x.dtype)
+    out[:s, :b] = x
+    return out
+  padded_mask = np.zeros((mask.shape[0] + extra_steps,
+                          mask.shape[1] + extra_examples), bool)
+  padded_mask[:mask.shape[0], :mask.shape[1]] = mask
+  return {k: pad(v) for k, v in batches.items()}, padded_mask
+
+
+def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
+                                                         logistic_model):
+  name, algorithm = case
+  data = synthetic_train
+  client = 9   # 4 examples: with batch 3, two epochs are 3 batches, 1 masked
+  batching = fe.Batching(batch_size=3, local_epochs=2)
+  cohort = data_lib.gather_on_host(
+      data, data_lib.select(data, [client], num_padded=1), jax.random.key(5),
+      batching=batching, num_steps=batching.num_steps(int(data.sizes[client])),
+      max_size=data_lib.bucket(int(data.sizes.max())))
+  batches = {k: v[0] for k, v in cohort.batches.items()}
+  mask = cohort.example_mask[0]
+  assert mask.shape == (3, 3) and mask.sum() == 8 and mask[:, :2].all()
+  padded_batches, padded_mask = _pad_batches(
+      batches, mask, extra_steps=2, extra_examples=3,
+      rng=np.random.default_rng(0))
+  state = _initial_state(algorithm, logistic_model)
+  key = jax.random.key(3)
+  client_update = _client_update(name, algorithm)
+  expected = client_update(state, (), batches, mask, key)
+  got = client_update(state, (), padded_batches, padded_mask, key)
+  _assert_trees_close(got, expected, rtol=1e-6, atol=1e-7)
+  # The garbage would show if it leaked: unmasking it changes the output.
+  leaked = client_update(state, (), padded_batches,
+                         np.ones_like(padded_mask), key)
+  assert _max_abs_diff(leaked[0], expected[0]) > 1e-3
+
+
+@pytest.mark.parametrize('client_chunk_size', [1, 2, 3, None])
+def test_chunk_size_changes_nothing(case, client_chunk_size, synthetic_train,
+                                    logistic_model):
+  name, algorithm = case
+  # One device and five clients: chunks of 1 (five chunks), 2 and 3 (cohort
+  # padded to six, three or two chunks) and None (all five at once).
+  rnd = _round(name, algorithm, synthetic_train, num_devices=1,
+               client_chunk_size=client_chunk_size).round
+  expected_cohort = {1: 5, 2: 6, 3: 6, None: 5}[client_chunk_size]
+  assert rnd.cohort_size == expected_cohort
+  state, history = _run_engine(rnd, algorithm, logistic_model)
+  _assert_matches_reference(state, history, _reference(
+      name, algorithm, logistic_model, synthetic_train, max_size=rnd.max_size))
+
+
+def test_one_device_equals_four(case, synthetic_train, logistic_model):
+  assert len(jax.devices()) == 4, 'conftest.py should force 4 CPU devices'
+  name, algorithm = case
+  one = _round(name, algorithm, synthetic_train, num_devices=1).round
+  four = _round(name, algorithm, synthetic_train, num_devices=4).round
+  assert one.mesh.devices.size == 1 and four.mesh.devices.size == 4
+  one_state, _ = _run_engine(one, algorithm, logistic_model)
+  four_state, four_history = _run_engine(four, algorithm, logistic_model)
+  _assert_trees_close(four_state, one_state)
+  _assert_matches_reference(four_state, four_history, _reference(
+      name, algorithm, logistic_model, synthetic_train,
+      max_size=four.max_size))
+
+
+def test_no_recompilation_after_first_round(case, synthetic_train,
+                                            logistic_model):
+  name, algorithm = case
+  counted = _round(name, algorithm, synthetic_train)
+  rnd = counted.round
+  state = _initial_state(algorithm, logistic_model)
+  # Different clients, different numbers of real clients, different keys.
+  cohorts = [[7, 2, 10, 0, 5], [1, 11, 6], [3, 9, 4, 8], [0, 1, 2, 3, 4]]
+  for r, ids in enumerate(cohorts):
+    state, _, _ = rnd(state, (), rnd.select(ids), jax.random.key(100 + r))
+    if r == 0:
+      traces_after_first = counted.traces
+      assert traces_after_first > 0
+      assert rnd._jitted._cache_size() == 1  # pylint: disable=protected-access
+  jax.block_until_ready(state)
+  assert counted.traces == traces_after_first, 'client_update was retraced'
+  assert rnd._jitted._cache_size() == 1, 'the round was recompiled'  # pylint: disable=protected-access
+
+
+def test_recompilation_is_detected(synthetic_train, logistic_model):
+  # The counters of test_no_recompilation_after_first_round do see a new
+  # program: with local epochs, a cohort of small clients takes fewer
+  # (bucketed) steps than one holding an 18-example client.
+  name, build = CONFORMANCE_CASES[0]
+  algorithm = _ALGORITHMS.setdefault(name, build(logistic_model))
+  counted = _round(name, algorithm, synthetic_train, batching=EPOCHS_BATCHING)
+  rnd = counted.round
+  big, small = [7, 2, 10, 0, 5], [8, 9, 10, 11]
+  assert rnd.num_steps(rnd.select(big)) != rnd.num_steps(rnd.select(small))
+  state = _initial_state(algorithm, logistic_model)
+  state, _, _ = rnd(state, (), rnd.select(big), jax.random.key(0))
+  traces, programs = counted.traces, rnd._jitted._cache_size()  # pylint: disable=protected-access
+  state, _, _ = rnd(state, (), rnd.select(small), jax.random.key(1))
+  assert counted.traces > traces
+  assert rnd._jitted._cache_size() == programs + 1  # pylint: disable=protected-access
+  # Both programs are cached: neither cohort shape traces again.
+  traces = counted.traces
+  state, _, _ = rnd(state, (), rnd.select(big), jax.random.key(2))
+  state, _, _ = rnd(state, (), rnd.select(small), jax.random.key(3))
+  assert counted.traces == traces
+  assert rnd._jitted._cache_size() == programs + 1  # pylint: disable=protected-access
+
+
+def test_same_key_is_bitwise_reproducible(case, synthetic_train,
+                                          logistic_model):
+  name, algorithm = case
+  rnd = _round(name, algorithm, synthetic_train).round
+  ids = ROUNDS[0]
+
+  def run(key):
+    state = _initial_state(algorithm, logistic_model)
+    state, _, metrics = rnd(state, (), rnd.select(ids), jax.random.key(key))
+    return jax.device_get((state, metrics))
+
+  first, again, other = run(11), run(11), run(12)
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  # Another key draws other batches, so other params.
+  assert _max_abs_diff(first[0].params, other[0].params) > 1e-5
+
+
+# ------------------------------------------------- per-client state tables
+
+
+def _participation_counter():
+  """A stateful algorithm: each client counts the rounds it took part in.
+
+  The client output is the client's new count, so the aggregate is the
+  example-weighted mean count of the cohort, kept as the server's params.
+  """
+  def init(params):
+    return fe.ServerState(params, (), jnp.zeros((), jnp.int32))
+
+  def init_client_state(params):
+    del params
+    return {'rounds': jnp.zeros((), jnp.int32)}
+
+  def client_update(server_state, client_state, batches, example_mask, key):
+    del server_state, batches, example_mask, key
+    rounds = client_state['rounds'] + 1
+    return rounds.astype(jnp.float32), {'rounds': rounds}, {}
+
+  def server_update(server_state, aggregate, info):
+    del info
+    return fe.ServerState(aggregate, (), server_state.round + 1)
+
+  return fe.Algorithm(init=init, client_update=client_update,
+                      server_update=server_update,
+                      init_client_state=init_client_state)
+
+
+@pytest.mark.parametrize('num_devices,client_chunk_size',
+                         [(4, None), (1, 2)])
+def test_client_state_table_gather_and_scatter(num_devices, client_chunk_size,
+                                               synthetic_train):
+  data = synthetic_train
+  algorithm = _participation_counter()
+  rnd = fe.make_round(algorithm, data, batching=fe.Batching(
+      batch_size=2, local_steps=1), clients_per_round=3,
+                      client_chunk_size=client_chunk_size,
+                      mesh=_mesh(num_devices))
+  assert rnd.cohort_size == 4   # every cohort below has padded clients
+  server_state = algorithm.init(jnp.zeros((), jnp.float32))
+  # Distinct starting rows, so a row gathered from the wrong client shows.
+  start = 1000 * np.arange(data.num_clients)
+  table = {'rounds': jnp.asarray(start, jnp.int32)}
+  # Padded clients carry id 0: client 0 sits out every round but the last,
+  # so a padded client that wrote back would corrupt its row.
+  cohorts = [[3, 5, 7], [5, 11], [7, 5, 3], [2], [0, 5, 9]]
+  counts = np.zeros(data.num_clients, np.int64)
+  for r, ids in enumerate(cohorts):
+    server_state, table, metrics = rnd(server_state, table, rnd.select(ids),
+                                       jax.random.key(r))
+    counts[ids] += 1
+    new = start[ids] + counts[ids]
+    weights = data.sizes[ids].astype(np.float64)
+    np.testing.assert_allclose(server_state.params,
+                               np.sum(weights * new) / np.sum(weights),
+                               rtol=1e-6)
+    assert int(metrics['clients']) == len(ids)
+    np.testing.assert_array_equal(np.asarray(table['rounds']), start + counts)
+  assert int(server_state.round) == len(cohorts)
