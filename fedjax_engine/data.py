@@ -117,6 +117,12 @@ class FederatedData:
     out = fn(dict(self.features))
     return FederatedData(out, self.offsets, self.client_ids)
 
+  def check_not_empty(self, role: str):
+    """Raises a ValueError naming ``role`` if the store has no examples."""
+    if self.num_examples == 0:
+      raise ValueError(f'the {role} data has {self.num_clients} clients but no '
+                       'examples.')
+
   def to_device(self, sharding=None) -> 'DeviceData':
     """Places the store on the device(s) once (replicated by ``sharding``)."""
     put = lambda x: jax.device_put(x, sharding)

@@ -36,6 +36,7 @@ class Evaluator:
   def __init__(self, model: Model, data: data_lib.FederatedData, *,
                batch_size: int, client_chunk_size: int | None,
                mesh: Mesh | None):
+    data.check_not_empty('evaluation')
     self.model = model
     self.mesh = mesh or simulate.default_mesh()
     self.batching = data_lib.Batching(

@@ -109,17 +109,17 @@ def from_nnx(make_module: Callable, *, input_key: str = 'x',
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  graphdef, _ = nnx.split(jax.eval_shape(
-      lambda: make_module(nnx.Rngs(0))), nnx.Param)
+  abstract = jax.eval_shape(lambda: make_module(nnx.Rngs(0)))
+  graphdef, _, rest = nnx.split(abstract, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise ValueError(
+        f'{type(abstract).__name__} holds state besides nnx.Param '
+        f'({sorted(str(p) for p, _ in nnx.to_flat_state(rest))[:3]}); only '
+        'parameter-only modules are supported (use GroupNorm or LayerNorm '
+        'instead of BatchNorm).')
 
   def init(key):
-    module = make_module(nnx.Rngs(key))
-    _, params, rest = nnx.split(module, nnx.Param, ...)
-    if jax.tree.leaves(rest):
-      raise ValueError(
-          f'{type(module).__name__} holds state besides nnx.Param '
-          f'({sorted(str(p) for p, _ in nnx.to_flat_state(rest))[:3]}); only '
-          'parameter-only modules are supported.')
+    _, params = nnx.split(make_module(nnx.Rngs(key)), nnx.Param)
     return params
 
   def apply(params, batch, *, key=None, train=False):

@@ -135,6 +135,7 @@ class Round:
                batching: data_lib.Batching, clients_per_round: int,
                client_chunk_size: int | None, mesh: Mesh | None,
                weighting: str, gather: str):
+    data.check_not_empty('training')
     self.algorithm = algorithm
     self.data = data
     self.batching = batching.validate()

@@ -23,11 +23,18 @@ def test_subpackages_import_under_namespace():
   assert callable(algorithms.fedavg) and callable(algorithms.fedsgd)
   assert callable(datasets.synthetic)
   assert fe.algorithms is algorithms and fe.datasets is datasets
-  # They come from the repository's top-level folders, mapped into the
-  # fedjax_engine namespace.
-  assert pathlib.Path(algorithms.__file__).resolve().parent == (
-      REPO / 'algorithms')
-  assert pathlib.Path(datasets.__file__).resolve().parent == REPO / 'datasets'
+  assert algorithms.__name__ == 'fedjax_engine.algorithms'
+  assert datasets.__name__ == 'fedjax_engine.datasets'
+  # Their folders are named after them (the repository's top-level folders
+  # in an editable install, fedjax_engine/<name> in a wheel).
+  assert pathlib.Path(algorithms.__file__).parent.name == 'algorithms'
+  assert pathlib.Path(datasets.__file__).parent.name == 'datasets'
+  # Importing the engine did not import anything under a top-level name.
+  for name in ('algorithms', 'datasets'):
+    module = sys.modules.get(name)
+    if module is not None and getattr(module, '__file__', None):
+      assert not pathlib.Path(module.__file__).resolve().is_relative_to(
+          REPO.resolve()), module
 
 
 @pytest.mark.parametrize('name', ['datasets', 'algorithms'])
@@ -50,18 +57,30 @@ def test_no_top_level_package_shadowing(name, tmp_path):
 
 
 def test_distribution_installs_only_fedjax_engine():
-  dist = importlib.metadata.distribution(DIST)
-  top_level = dist.read_text('top_level.txt')
-  if top_level is not None:
-    assert top_level.split() == ['fedjax_engine'], top_level
-  for f in dist.files or ():
-    parts = pathlib.PurePosixPath(str(f)).parts
-    assert parts[0] not in ('datasets', 'algorithms'), f
-  # The editable finder (if any) maps only names under fedjax_engine.
-  for f in dist.files or ():
-    if str(f).endswith('_finder.py'):
-      text = pathlib.Path(f.locate()).read_text()
-      assert "'datasets'" not in text and "'algorithms'" not in text, text
+  dists = list(importlib.metadata.distributions(name=DIST))
+  assert dists, f'{DIST} is not installed'
+  checked_record = False
+  for dist in dists:
+    top_level = dist.read_text('top_level.txt')
+    if top_level is not None:
+      assert top_level.split() == ['fedjax_engine'], top_level
+    # RECORD (dist-info) lists installed paths; an in-tree egg-info lists
+    # source paths (SOURCES.txt) instead, which say nothing about what is
+    # installed, so only RECORD is checked.
+    if dist.read_text('RECORD') is None:
+      continue
+    checked_record = True
+    for f in dist.files or ():
+      parts = pathlib.PurePosixPath(str(f)).parts
+      assert parts[0] not in ('datasets', 'algorithms'), f
+      if str(f).endswith('_finder.py'):
+        # An editable install maps import names to folders: only names in
+        # the fedjax_engine namespace may be mapped.
+        text = pathlib.Path(f.locate()).read_text()
+        assert "'datasets'" not in text and "'algorithms'" not in text
+        assert "'fedjax_engine.datasets'" in text
+  if not checked_record:
+    pytest.skip('no installed RECORD to inspect (pyproject is checked below)')
 
 
 def test_pyproject_declares_namespaced_packages():
