@@ -182,6 +182,11 @@ class Round:
     return self.batching.num_steps(int(sizes.max(initial=1)))
 
   @property
+  def num_compiled(self) -> int:
+    """Programs compiled so far: one, or one per step bucket with epochs."""
+    return self._jitted._cache_size()  # pylint: disable=protected-access
+
+  @property
   def num_chunks(self) -> int:
     return self.per_device // self.chunk_size
 

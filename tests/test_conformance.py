@@ -33,20 +33,23 @@ CONFORMANCE_CASES = [
     ('fedadam', lambda model: fe.algorithms.fedavg(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.adam(1e-2, eps=1e-3))),
+    # Client momentum too: a padded local step that is not skipped would
+    # still move the params (plain SGD's zero-gradient step would not).
     ('fedavgm', lambda model: fe.algorithms.fedavg(
-        model, client_optimizer=optax.sgd(0.1),
+        model, client_optimizer=optax.sgd(0.1, momentum=0.5),
         server_optimizer=optax.sgd(0.5, momentum=0.9))),
     ('fedsgd', lambda model: fe.algorithms.fedsgd(
         model, server_optimizer=optax.sgd(0.5))),
 ]
 
 BATCHING = fe.Batching(batch_size=4, local_steps=3)
-# Local epochs: clients of 4 to 18 examples take 1 to 5 real steps, padded to
-# the cohort's bucketed 6 steps.
+# Local epochs: clients of 4 to 24 examples take 1 to 6 real steps, padded to
+# the cohort's (bucketed) 6 steps.
 EPOCHS_BATCHING = fe.Batching(batch_size=4, local_epochs=1)
 # Two rounds, so server optimizer state (momentum, Adam moments) carries over.
-# Client 6 (24 examples, more than one round uses) and client 9 (4 examples,
-# fewer) are both in; ids are unsorted so position in the cohort is arbitrary.
+# With BATCHING a client uses 12 examples: client 6 (24 examples) uses part of
+# an epoch, client 9 (4 examples) three epochs. Ids are unsorted, so a
+# client's position in the cohort is unrelated to its id.
 ROUNDS = ([7, 2, 10, 0, 5], [1, 11, 6, 3, 9])
 CLIENTS_PER_ROUND = 5
 # The reference plans every cohort padded to this many clients, so its
@@ -79,7 +82,30 @@ def _max_abs_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-# ---------------------------------------------------------------- caches
+def _with_feature_dropout(model, rate=0.25):
+  """``model`` dropping input features while training, one mask per step.
+
+  Local training then depends on the key the engine hands each client, so
+  the loop must derive it exactly as the engine does. The mask is drawn per
+  feature, not per example, so it does not depend on the batch size.
+  """
+  def apply(params, batch, *, key=None, train=False):
+    if train and key is not None:
+      x = batch['x']
+      keep = jax.random.bernoulli(key, 1.0 - rate, x.shape[-1:])
+      batch = dict(batch, x=x * keep.astype(x.dtype)[None, :] / (1.0 - rate))
+    return model.apply(params, batch, key=key, train=train)
+
+  return model._replace(apply=apply)
+
+
+@pytest.fixture(scope='module')
+def model(logistic_model):
+  """Logistic regression with feature dropout: training uses its keys."""
+  return _with_feature_dropout(logistic_model)
+
+
+# ------------------------------------------ caches, shared by all the tests
 
 _ALGORITHMS = {}
 _CLIENT_UPDATES = {}
@@ -88,11 +114,11 @@ _ROUNDS = {}
 
 
 @pytest.fixture(params=CONFORMANCE_CASES, ids=[n for n, _ in CONFORMANCE_CASES])
-def case(request, logistic_model):
+def case(request, model):
   """(name, algorithm), the algorithm built once per name."""
   name, build = request.param
   if name not in _ALGORITHMS:
-    _ALGORITHMS[name] = build(logistic_model)
+    _ALGORITHMS[name] = build(model)
   return name, _ALGORITHMS[name]
 
 
@@ -129,6 +155,11 @@ def _round(name, algorithm, data, *, batching=BATCHING,
         clients_per_round=clients_per_round, mesh=_mesh(num_devices),
         client_chunk_size=client_chunk_size, gather=gather)
   return _ROUNDS[config]
+
+
+def _num_programs(rnd):
+  """Executables the round's jitted function holds (one per input signature)."""
+  return rnd.num_compiled
 
 
 def _run_engine(rnd, algorithm, model, rounds=ROUNDS):
@@ -216,29 +247,27 @@ def test_registry_algorithms_are_covered():
 
 
 @pytest.mark.parametrize('gather', ['device', 'host'])
-def test_round_equals_python_loop(case, gather, synthetic_train,
-                                  logistic_model):
+def test_round_equals_python_loop(case, gather, synthetic_train, model):
   name, algorithm = case
   counted = _round(name, algorithm, synthetic_train, gather=gather)
-  state, history = _run_engine(counted.round, algorithm, logistic_model)
+  state, history = _run_engine(counted.round, algorithm, model)
   _assert_matches_reference(state, history, _reference(
-      name, algorithm, logistic_model, synthetic_train,
+      name, algorithm, model, synthetic_train,
       max_size=counted.round.max_size))
 
 
-def test_local_epochs_round_equals_python_loop(case, synthetic_train,
-                                               logistic_model):
+def test_local_epochs_round_equals_python_loop(case, synthetic_train, model):
   # Clients of different sizes take different numbers of real steps; the
   # rest of the cohort's steps are padding.
   name, algorithm = case
   counted = _round(name, algorithm, synthetic_train, batching=EPOCHS_BATCHING)
-  state, history = _run_engine(counted.round, algorithm, logistic_model)
+  state, history = _run_engine(counted.round, algorithm, model)
   _assert_matches_reference(state, history, _reference(
-      name, algorithm, logistic_model, synthetic_train,
+      name, algorithm, model, synthetic_train,
       max_size=counted.round.max_size, batching=EPOCHS_BATCHING))
 
 
-def test_padded_clients_change_nothing(case, synthetic_train, logistic_model):
+def test_padded_clients_change_nothing(case, synthetic_train, model):
   name, algorithm = case
   # One device, five clients a round: the cohort is exactly the real clients.
   full = _round(name, algorithm, synthetic_train, num_devices=1).round
@@ -249,16 +278,15 @@ def test_padded_clients_change_nothing(case, synthetic_train, logistic_model):
   assert padded.cohort_size == 8
   cohort = padded.select(ROUNDS[0])
   assert int(np.sum(~np.asarray(cohort.client_mask))) == 3
-  full_state, full_history = _run_engine(full, algorithm, logistic_model)
-  padded_state, padded_history = _run_engine(padded, algorithm, logistic_model)
+  full_state, full_history = _run_engine(full, algorithm, model)
+  padded_state, padded_history = _run_engine(padded, algorithm, model)
   _assert_trees_close(padded_state, full_state)
   for got, want in zip(padded_history, full_history):
     np.testing.assert_allclose(got['train_loss'], want['train_loss'],
                                rtol=RTOL)
     assert int(got['clients']) == int(want['clients']) == CLIENTS_PER_ROUND
   _assert_matches_reference(full_state, full_history, _reference(
-      name, algorithm, logistic_model, synthetic_train,
-      max_size=full.max_size))
+      name, algorithm, model, synthetic_train, max_size=full.max_size))
 
 
 def _pad_batches(batches, mask, extra_steps, extra_examples, rng):
@@ -279,27 +307,36 @@ def _pad_batches(batches, mask, extra_steps, extra_examples, rng):
 
 
 def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
-                                                         logistic_model):
+                                                         model):
   name, algorithm = case
   data = synthetic_train
-  client = 9   # 4 examples: with batch 3, two epochs are 3 batches, 1 masked
-  batching = fe.Batching(batch_size=3, local_epochs=2)
+  # Client 3's 9 examples in local epochs of batch 4, as the second round of
+  # the local-epochs test plans them: 3 real steps (the last with 1 example)
+  # and 3 fully masked ones.
+  client, position = 3, ROUNDS[1].index(3)
   cohort = data_lib.gather_on_host(
-      data, data_lib.select(data, [client], num_padded=1), jax.random.key(5),
-      batching=batching, num_steps=batching.num_steps(int(data.sizes[client])),
+      data, data_lib.select(data, ROUNDS[1], num_padded=REFERENCE_COHORT),
+      _round_key(1), batching=EPOCHS_BATCHING,
+      num_steps=EPOCHS_BATCHING.num_steps(int(data.sizes[ROUNDS[1]].max())),
       max_size=data_lib.bucket(int(data.sizes.max())))
-  batches = {k: v[0] for k, v in cohort.batches.items()}
-  mask = cohort.example_mask[0]
-  assert mask.shape == (3, 3) and mask.sum() == 8 and mask[:, :2].all()
+  batches = {k: v[position] for k, v in cohort.batches.items()}
+  mask = cohort.example_mask[position]
+  assert data.sizes[client] == 9
+  np.testing.assert_array_equal(mask.sum(axis=1), [4, 4, 1, 0, 0, 0])
+  # The same client without its padded steps, and with more padding: two
+  # steps and three examples per batch more, holding garbage.
+  trimmed_batches = {k: v[:3] for k, v in batches.items()}
   padded_batches, padded_mask = _pad_batches(
       batches, mask, extra_steps=2, extra_examples=3,
       rng=np.random.default_rng(0))
-  state = _initial_state(algorithm, logistic_model)
+  state = _initial_state(algorithm, model)
   key = jax.random.key(3)
   client_update = _client_update(name, algorithm)
-  expected = client_update(state, (), batches, mask, key)
-  got = client_update(state, (), padded_batches, padded_mask, key)
-  _assert_trees_close(got, expected, rtol=1e-6, atol=1e-7)
+  expected = client_update(state, (), trimmed_batches, mask[:3], key)
+  _assert_trees_close(client_update(state, (), batches, mask, key), expected,
+                      rtol=1e-6, atol=1e-7)
+  _assert_trees_close(client_update(state, (), padded_batches, padded_mask,
+                                    key), expected, rtol=1e-6, atol=1e-7)
   # The garbage would show if it leaked: unmasking it changes the output.
   leaked = client_update(state, (), padded_batches,
                          np.ones_like(padded_mask), key)
@@ -308,7 +345,7 @@ def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
 
 @pytest.mark.parametrize('client_chunk_size', [1, 2, 3, None])
 def test_chunk_size_changes_nothing(case, client_chunk_size, synthetic_train,
-                                    logistic_model):
+                                    model):
   name, algorithm = case
   # One device and five clients: chunks of 1 (five chunks), 2 and 3 (cohort
   # padded to six, three or two chunks) and None (all five at once).
@@ -316,31 +353,29 @@ def test_chunk_size_changes_nothing(case, client_chunk_size, synthetic_train,
                client_chunk_size=client_chunk_size).round
   expected_cohort = {1: 5, 2: 6, 3: 6, None: 5}[client_chunk_size]
   assert rnd.cohort_size == expected_cohort
-  state, history = _run_engine(rnd, algorithm, logistic_model)
+  state, history = _run_engine(rnd, algorithm, model)
   _assert_matches_reference(state, history, _reference(
-      name, algorithm, logistic_model, synthetic_train, max_size=rnd.max_size))
+      name, algorithm, model, synthetic_train, max_size=rnd.max_size))
 
 
-def test_one_device_equals_four(case, synthetic_train, logistic_model):
+def test_one_device_equals_four(case, synthetic_train, model):
   assert len(jax.devices()) == 4, 'conftest.py should force 4 CPU devices'
   name, algorithm = case
   one = _round(name, algorithm, synthetic_train, num_devices=1).round
   four = _round(name, algorithm, synthetic_train, num_devices=4).round
   assert one.mesh.devices.size == 1 and four.mesh.devices.size == 4
-  one_state, _ = _run_engine(one, algorithm, logistic_model)
-  four_state, four_history = _run_engine(four, algorithm, logistic_model)
+  one_state, _ = _run_engine(one, algorithm, model)
+  four_state, four_history = _run_engine(four, algorithm, model)
   _assert_trees_close(four_state, one_state)
   _assert_matches_reference(four_state, four_history, _reference(
-      name, algorithm, logistic_model, synthetic_train,
-      max_size=four.max_size))
+      name, algorithm, model, synthetic_train, max_size=four.max_size))
 
 
-def test_no_recompilation_after_first_round(case, synthetic_train,
-                                            logistic_model):
+def test_no_recompilation_after_first_round(case, synthetic_train, model):
   name, algorithm = case
   counted = _round(name, algorithm, synthetic_train)
   rnd = counted.round
-  state = _initial_state(algorithm, logistic_model)
+  state = _initial_state(algorithm, model)
   # Different clients, different numbers of real clients, different keys.
   cohorts = [[7, 2, 10, 0, 5], [1, 11, 6], [3, 9, 4, 8], [0, 1, 2, 3, 4]]
   for r, ids in enumerate(cohorts):
@@ -348,51 +383,50 @@ def test_no_recompilation_after_first_round(case, synthetic_train,
     if r == 0:
       traces_after_first = counted.traces
       assert traces_after_first > 0
-      assert rnd._jitted._cache_size() == 1  # pylint: disable=protected-access
+      assert _num_programs(rnd) == 1
   jax.block_until_ready(state)
   assert counted.traces == traces_after_first, 'client_update was retraced'
-  assert rnd._jitted._cache_size() == 1, 'the round was recompiled'  # pylint: disable=protected-access
+  assert _num_programs(rnd) == 1, 'the round was recompiled'
 
 
-def test_recompilation_is_detected(synthetic_train, logistic_model):
+def test_recompilation_is_detected(synthetic_train, model):
   # The counters of test_no_recompilation_after_first_round do see a new
   # program: with local epochs, a cohort of small clients takes fewer
   # (bucketed) steps than one holding an 18-example client.
   name, build = CONFORMANCE_CASES[0]
-  algorithm = _ALGORITHMS.setdefault(name, build(logistic_model))
+  algorithm = _ALGORITHMS.setdefault(name, build(model))
   counted = _round(name, algorithm, synthetic_train, batching=EPOCHS_BATCHING)
   rnd = counted.round
   big, small = [7, 2, 10, 0, 5], [8, 9, 10, 11]
   assert rnd.num_steps(rnd.select(big)) != rnd.num_steps(rnd.select(small))
-  state = _initial_state(algorithm, logistic_model)
+  state = _initial_state(algorithm, model)
   state, _, _ = rnd(state, (), rnd.select(big), jax.random.key(0))
-  traces, programs = counted.traces, rnd._jitted._cache_size()  # pylint: disable=protected-access
+  traces, programs = counted.traces, _num_programs(rnd)
   state, _, _ = rnd(state, (), rnd.select(small), jax.random.key(1))
   assert counted.traces > traces
-  assert rnd._jitted._cache_size() == programs + 1  # pylint: disable=protected-access
+  assert _num_programs(rnd) == programs + 1
   # Both programs are cached: neither cohort shape traces again.
   traces = counted.traces
   state, _, _ = rnd(state, (), rnd.select(big), jax.random.key(2))
   state, _, _ = rnd(state, (), rnd.select(small), jax.random.key(3))
   assert counted.traces == traces
-  assert rnd._jitted._cache_size() == programs + 1  # pylint: disable=protected-access
+  assert _num_programs(rnd) == programs + 1
 
 
-def test_same_key_is_bitwise_reproducible(case, synthetic_train,
-                                          logistic_model):
+def test_same_key_is_bitwise_reproducible(case, synthetic_train, model):
   name, algorithm = case
   rnd = _round(name, algorithm, synthetic_train).round
   ids = ROUNDS[0]
 
   def run(key):
-    state = _initial_state(algorithm, logistic_model)
+    state = _initial_state(algorithm, model)
     state, _, metrics = rnd(state, (), rnd.select(ids), jax.random.key(key))
     return jax.device_get((state, metrics))
 
   first, again, other = run(11), run(11), run(12)
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
-  # Another key draws other batches, so other params.
+  # Another key draws other batches and dropout masks, so other params.
   assert _max_abs_diff(first[0].params, other[0].params) > 1e-5
 
 
@@ -426,16 +460,13 @@ def _participation_counter():
                       init_client_state=init_client_state)
 
 
-@pytest.mark.parametrize('num_devices,client_chunk_size',
-                         [(4, None), (1, 2)])
-def test_client_state_table_gather_and_scatter(num_devices, client_chunk_size,
-                                               synthetic_train):
+def test_client_state_table_gather_and_scatter(synthetic_train):
   data = synthetic_train
   algorithm = _participation_counter()
-  rnd = fe.make_round(algorithm, data, batching=fe.Batching(
-      batch_size=2, local_steps=1), clients_per_round=3,
-                      client_chunk_size=client_chunk_size,
-                      mesh=_mesh(num_devices))
+  # Two devices, each training its two clients one chunk of one at a time.
+  rnd = fe.make_round(
+      algorithm, data, batching=fe.Batching(batch_size=2, local_steps=1),
+      clients_per_round=3, client_chunk_size=1, mesh=_mesh(2))
   assert rnd.cohort_size == 4   # every cohort below has padded clients
   server_state = algorithm.init(jnp.zeros((), jnp.float32))
   # Distinct starting rows, so a row gathered from the wrong client shows.

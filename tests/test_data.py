@@ -476,3 +476,14 @@ def test_host_gather_matches_engine_device_loader():
   for name in d.features:
     np.testing.assert_array_equal(np.asarray(batches[name])[m],
                                   host.batches[name][m])
+
+
+def test_plan_does_not_depend_on_dataset_max_size():
+  # The slot noise is drawn per slot index (partitionable threefry), so a
+  # client's batches stay the same when the dataset gains a larger client.
+  key = jax.random.key(3)
+  batching = data.Batching(batch_size=4, local_steps=3)
+  plans = [data.plan_client(key, 5, 7, batching=batching, num_steps=3,
+                                max_size=m)[0] for m in (8, 64, 1024)]
+  np.testing.assert_array_equal(plans[0], plans[1])
+  np.testing.assert_array_equal(plans[0], plans[2])
