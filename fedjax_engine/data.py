@@ -194,43 +194,86 @@ def client_keys(round_key, client_ids):
   return jax.vmap(lambda c: jax.random.fold_in(round_key, c))(client_ids)
 
 
-def plan_client(key, start, size, *, batching: Batching, num_steps: int,
-                max_size: int):
+def _mix32(x):
+  """A 32-bit integer hash with good avalanche (the "lowbias32" constants of
+  C. Wellons' hash-prospector); uint32 arithmetic wraps as intended."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+FEISTEL_ROUNDS = 6  # even, so the two halves end at their starting widths
+
+
+def permute(index, n, round_keys):
+  """A keyed pseudo-random permutation of ``[0, n)``, applied to ``index``.
+
+  A Feistel network over ``[0, 2^bits)`` (the smallest power of two >= n) is
+  a bijection for any round function; values that land at ``n`` or beyond
+  are encrypted again until they fall inside ("cycle walking"), which keeps
+  the map a bijection of ``[0, n)``. Less than half of the domain lies
+  outside, so few walks are needed. Cost is O(1) per index with no sort, so
+  a client's plan costs O(S * B) whatever the client's size.
+  (Black & Rogaway, "Ciphers with Arbitrary Finite Domains", CT-RSA 2002.)
+
+  Args:
+    index: uint32 array of positions in ``[0, n)``.
+    n: the domain size (traced scalar, >= 1).
+    round_keys: uint32 ``[..., FEISTEL_ROUNDS]``, broadcast against
+      ``index`` (one permutation per distinct key row).
+  """
+  n = jnp.asarray(n, jnp.uint32)
+  bits = (32 - jax.lax.clz(jnp.maximum(n, 2) - 1)).astype(jnp.uint32)
+  bits = jnp.where(n <= 1, 0, bits).astype(jnp.uint32)
+  left_bits = bits // 2
+  right_bits = bits - left_bits
+  one = jnp.uint32(1)
+
+  def encrypt(x):
+    lw, rw = left_bits, right_bits
+    left, right = x >> rw, x & ((one << rw) - one)
+    for r in range(FEISTEL_ROUNDS):
+      mixed = _mix32(right ^ round_keys[..., r]) & ((one << lw) - one)
+      left, right = right, left ^ mixed
+      lw, rw = rw, lw
+    return (left << rw) | right
+
+  return jax.lax.while_loop(
+      lambda y: jnp.any(y >= n),
+      lambda y: jnp.where(y >= n, encrypt(y), y),
+      encrypt(index))
+
+
+def plan_client(key, start, size, *, batching: Batching, num_steps: int):
   """One client's index plan: store rows ``[S, B]`` and their mask.
 
-  The client's examples are visited epoch after epoch, each epoch in a fresh
-  order drawn from ``key``. A random order of ``size`` items is the argsort of
-  random numbers over padded slots, so the shape stays static; epoch numbers
-  are the primary sort key, so epochs never mix.
-
-  With ``local_steps`` the last epoch may be used only in part: its order is
-  still drawn over all of the client's examples, so the part is a uniform
-  random subset.
+  The client's examples are visited epoch after epoch, each epoch in its own
+  pseudo-random order drawn from ``key`` and the epoch number (see
+  :func:`permute`). With ``local_steps`` the last epoch may be used only in
+  part; that part is the start of a random order of all the client's
+  examples, so it is a uniform random subset.
   """
   b = batching.batch_size
   needed = num_steps * b
-  if batching.local_steps is not None:
-    num_slots = needed + max_size   # whole epochs covering the needed slots
+  slot = jnp.arange(needed, dtype=jnp.uint32)
+  n = jnp.maximum(size, 1).astype(jnp.uint32)
+  epoch, within = slot // n, slot % n
+  if batching.shuffle:
+    base = jax.random.bits(key, (FEISTEL_ROUNDS,), jnp.uint32)
+    # Round keys for every slot's epoch: a hash of (client key, epoch).
+    keys = _mix32(base[None, :] + (epoch[:, None] + jnp.uint32(1)) *
+                  jnp.uint32(0x9E3779B9))
+    item = permute(within, n, keys)
   else:
-    num_slots = needed
-  slot = jnp.arange(num_slots, dtype=jnp.int32)
-  n = jnp.maximum(size, 1)
-  epoch = slot // n
-  item = slot % n
+    item = within
   if batching.local_steps is not None:
-    valid_slots = ((needed + n - 1) // n) * n
     used = needed
   else:
-    valid_slots = batching.local_epochs * size
-    used = valid_slots
-  if batching.shuffle:
-    noise = jax.random.uniform(key, (num_slots,))
-    epoch_or_end = jnp.where(slot < valid_slots, epoch, num_slots + 1)
-    order = jnp.lexsort((noise, epoch_or_end))[:needed]
-  else:
-    order = slot[:needed]
+    used = batching.local_epochs * size
   mask = (jnp.arange(needed) < used) & (size > 0)
-  rows = jnp.where(mask, start + item[order], 0)
+  rows = jnp.where(mask, start + item.astype(jnp.int32), 0)
   return rows.reshape(num_steps, b), mask.reshape(num_steps, b)
 
 
@@ -288,27 +331,26 @@ def select(data: FederatedData, client_ids, *, num_padded: int,
       weights=np.concatenate([w, np.zeros(pad, np.float32)]))
 
 
-@functools.partial(jax.jit,
-                   static_argnames=('batching', 'num_steps', 'max_size'))
+@functools.partial(jax.jit, static_argnames=('batching', 'num_steps'))
 def plan_cohort(round_key, client_ids, client_mask, starts, sizes, *,
-                batching: Batching, num_steps: int, max_size: int):
+                batching: Batching, num_steps: int):
   """Index plans ``[C, S, B]`` for a cohort, padded clients fully masked."""
   keys = client_keys(round_key, client_ids)
   data_keys = jax.vmap(lambda k: jax.random.fold_in(k, DATA_STREAM))(keys)
   plan = jax.vmap(lambda k, s, n: plan_client(
-      k, s, n, batching=batching, num_steps=num_steps, max_size=max_size))
+      k, s, n, batching=batching, num_steps=num_steps))
   rows, mask = plan(data_keys, starts[client_ids], sizes[client_ids])
   return rows, mask & client_mask[:, None, None]
 
 
 def gather_on_host(data: FederatedData, cohort: Cohort, round_key, *,
-                   batching: Batching, num_steps: int, max_size: int) -> Cohort:
+                   batching: Batching, num_steps: int) -> Cohort:
   """Fills ``cohort.batches`` by gathering the plan's rows with numpy."""
   rows, mask = plan_cohort(
       round_key, jnp.asarray(cohort.client_ids), jnp.asarray(cohort.client_mask),
       jnp.asarray(data.offsets[:-1], jnp.int32),
       jnp.asarray(data.sizes, jnp.int32),
-      batching=batching, num_steps=num_steps, max_size=max_size)
+      batching=batching, num_steps=num_steps)
   rows = np.asarray(rows)
   return cohort._replace(batches=gather(data.features, rows),
                          example_mask=np.asarray(mask))

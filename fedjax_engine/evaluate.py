@@ -58,7 +58,7 @@ class Evaluator:
     self._ids = jax.device_put(cohort.client_ids, sharded)
     self._mask = jax.device_put(cohort.client_mask, sharded)
     self._store = data.to_device(NamedSharding(self.mesh, P()))
-    self._loader = simulate.BatchLoader(self.batching, max_size)
+    self._loader = simulate.BatchLoader(self.batching)
     self._jitted = jax.jit(self._evaluate)
 
   def __call__(self, params) -> dict:

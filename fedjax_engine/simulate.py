@@ -105,7 +105,6 @@ def _finalize_metrics(sums):
 class BatchLoader(NamedTuple):
   """Produces a chunk's batches, from the device store or the host cohort."""
   batching: data_lib.Batching
-  max_size: int
 
   def __call__(self, store, chunk, keys, num_steps):
     if chunk['batches'] is not None:
@@ -113,8 +112,7 @@ class BatchLoader(NamedTuple):
     data_keys = jax.vmap(
         lambda k: jax.random.fold_in(k, data_lib.DATA_STREAM))(keys)
     plan = jax.vmap(functools.partial(
-        data_lib.plan_client, batching=self.batching, num_steps=num_steps,
-        max_size=self.max_size))
+        data_lib.plan_client, batching=self.batching, num_steps=num_steps))
     ids = chunk['client_ids']
     rows, mask = plan(data_keys, store.starts[ids], store.sizes[ids])
     mask = mask & chunk['client_mask'][:, None, None]
@@ -159,7 +157,6 @@ class Round:
     self.chunk_size = client_chunk_size
     self.per_device = per_device
     self.cohort_size = per_device * num_devices
-    self.max_size = data_lib.bucket(int(data.sizes.max(initial=1)))
     if gather not in ('device', 'host'):
       raise ValueError(f"gather must be 'device' or 'host', got {gather!r}.")
     self.gather = gather
@@ -167,7 +164,7 @@ class Round:
     self._store = (data.to_device(self._replicated) if gather == 'device'
                    else None)
     self._sharded = NamedSharding(self.mesh, P(AXIS))
-    self._loader = BatchLoader(self.batching, self.max_size)
+    self._loader = BatchLoader(self.batching)
     self._jitted = jax.jit(self._round, donate_argnums=(0, 1),
                            static_argnames=('num_steps',))
 
@@ -198,7 +195,7 @@ class Round:
     if self.gather == 'host':
       cohort = data_lib.gather_on_host(
           self.data, cohort, round_key, batching=self.batching,
-          num_steps=num_steps, max_size=self.max_size)
+          num_steps=num_steps)
     cohort = jax.device_put(cohort, self._sharded)
     # States returned by a round are replicated over the mesh; placing the
     # first round's inputs the same way keeps one compiled program.

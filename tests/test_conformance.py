@@ -172,7 +172,7 @@ def _run_engine(rnd, algorithm, model, rounds=ROUNDS):
   return state, history
 
 
-def _reference(name, algorithm, model, data, *, max_size, batching=BATCHING,
+def _reference(name, algorithm, model, data, *, batching=BATCHING,
                rounds=ROUNDS):
   """The rounds as a Python loop over the real clients, numpy aggregation.
 
@@ -181,7 +181,7 @@ def _reference(name, algorithm, model, data, *, max_size, batching=BATCHING,
   client_id), TRAIN_STREAM)``, so the loop sees exactly the engine's
   randomness. Returns (state, [{'train_loss', 'clients'}]).
   """
-  cache_key = (name, batching, max_size, tuple(map(tuple, rounds)))
+  cache_key = (name, batching, tuple(map(tuple, rounds)))
   if cache_key in _REFERENCES:
     return _REFERENCES[cache_key]
   client_update = _client_update(name, algorithm)
@@ -193,8 +193,7 @@ def _reference(name, algorithm, model, data, *, max_size, batching=BATCHING,
     cohort = data_lib.select(data, ids, num_padded=REFERENCE_COHORT)
     cohort = data_lib.gather_on_host(
         data, cohort, round_key, batching=batching,
-        num_steps=batching.num_steps(int(data.sizes[ids].max())),
-        max_size=max_size)
+        num_steps=batching.num_steps(int(data.sizes[ids].max())))
     keys = data_lib.client_keys(round_key, jnp.asarray(ids))
     outputs, loss_total, loss_count = [], 0.0, 0.0
     for i in range(len(ids)):
@@ -252,8 +251,7 @@ def test_round_equals_python_loop(case, gather, synthetic_train, model):
   counted = _round(name, algorithm, synthetic_train, gather=gather)
   state, history = _run_engine(counted.round, algorithm, model)
   _assert_matches_reference(state, history, _reference(
-      name, algorithm, model, synthetic_train,
-      max_size=counted.round.max_size))
+      name, algorithm, model, synthetic_train))
 
 
 def test_local_epochs_round_equals_python_loop(case, synthetic_train, model):
@@ -263,8 +261,7 @@ def test_local_epochs_round_equals_python_loop(case, synthetic_train, model):
   counted = _round(name, algorithm, synthetic_train, batching=EPOCHS_BATCHING)
   state, history = _run_engine(counted.round, algorithm, model)
   _assert_matches_reference(state, history, _reference(
-      name, algorithm, model, synthetic_train,
-      max_size=counted.round.max_size, batching=EPOCHS_BATCHING))
+      name, algorithm, model, synthetic_train, batching=EPOCHS_BATCHING))
 
 
 def test_padded_clients_change_nothing(case, synthetic_train, model):
@@ -286,7 +283,7 @@ def test_padded_clients_change_nothing(case, synthetic_train, model):
                                rtol=RTOL)
     assert int(got['clients']) == int(want['clients']) == CLIENTS_PER_ROUND
   _assert_matches_reference(full_state, full_history, _reference(
-      name, algorithm, model, synthetic_train, max_size=full.max_size))
+      name, algorithm, model, synthetic_train))
 
 
 def _pad_batches(batches, mask, extra_steps, extra_examples, rng):
@@ -317,8 +314,7 @@ def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
   cohort = data_lib.gather_on_host(
       data, data_lib.select(data, ROUNDS[1], num_padded=REFERENCE_COHORT),
       _round_key(1), batching=EPOCHS_BATCHING,
-      num_steps=EPOCHS_BATCHING.num_steps(int(data.sizes[ROUNDS[1]].max())),
-      max_size=data_lib.bucket(int(data.sizes.max())))
+      num_steps=EPOCHS_BATCHING.num_steps(int(data.sizes[ROUNDS[1]].max())))
   batches = {k: v[position] for k, v in cohort.batches.items()}
   mask = cohort.example_mask[position]
   assert data.sizes[client] == 9
@@ -355,7 +351,7 @@ def test_chunk_size_changes_nothing(case, client_chunk_size, synthetic_train,
   assert rnd.cohort_size == expected_cohort
   state, history = _run_engine(rnd, algorithm, model)
   _assert_matches_reference(state, history, _reference(
-      name, algorithm, model, synthetic_train, max_size=rnd.max_size))
+      name, algorithm, model, synthetic_train))
 
 
 def test_one_device_equals_four(case, synthetic_train, model):
@@ -368,7 +364,7 @@ def test_one_device_equals_four(case, synthetic_train, model):
   four_state, four_history = _run_engine(four, algorithm, model)
   _assert_trees_close(four_state, one_state)
   _assert_matches_reference(four_state, four_history, _reference(
-      name, algorithm, model, synthetic_train, max_size=four.max_size))
+      name, algorithm, model, synthetic_train))
 
 
 def test_no_recompilation_after_first_round(case, synthetic_train, model):

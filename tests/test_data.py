@@ -192,18 +192,16 @@ def test_batching_validate_returns_self_and_num_steps():
 
 
 @functools.lru_cache(maxsize=None)
-def _plan_fn(batching, num_steps, max_size):
+def _plan_fn(batching, num_steps):
   return jax.jit(functools.partial(
-      data.plan_client, batching=batching, num_steps=num_steps,
-      max_size=max_size))
+      data.plan_client, batching=batching, num_steps=num_steps))
 
 
 @pytest.mark.parametrize('n', [1, 3, 7, 19, 20])
 def test_plan_local_steps_small_client_cycles_epochs(n):
   batch_size, num_steps, start = 4, 5, 13
   needed = batch_size * num_steps
-  plan = _plan_fn(Batching(batch_size, local_steps=num_steps), num_steps,
-                  max_size=32)
+  plan = _plan_fn(Batching(batch_size, local_steps=num_steps), num_steps)
   client_rows = np.arange(start, start + n)
   for seed in range(5):
     rows, mask = plan(jax.random.key(seed), start, n)
@@ -228,8 +226,7 @@ def test_plan_local_steps_small_client_cycles_epochs(n):
 
 def test_plan_local_steps_large_client_distinct_rows():
   batch_size, num_steps, start, n = 4, 5, 100, 50
-  plan = _plan_fn(Batching(batch_size, local_steps=num_steps), num_steps,
-                  max_size=64)
+  plan = _plan_fn(Batching(batch_size, local_steps=num_steps), num_steps)
   for seed in range(5):
     rows, mask = plan(jax.random.key(seed), start, n)
     flat = np.asarray(rows).reshape(-1)
@@ -240,11 +237,11 @@ def test_plan_local_steps_large_client_distinct_rows():
 
 @pytest.mark.parametrize('n, epochs', [(7, 2), (3, 2), (5, 3)])
 def test_plan_local_epochs(n, epochs):
-  batch_size, start, max_size = 4, 21, 7
+  batch_size, start, largest = 4, 21, 7
   batching = Batching(batch_size, local_epochs=epochs)
   # Shape for the largest client (7), as the engine does for a cohort.
-  num_steps = data.bucket(math.ceil(epochs * max_size / batch_size))
-  plan = _plan_fn(batching, num_steps, max_size)
+  num_steps = data.bucket(math.ceil(epochs * largest / batch_size))
+  plan = _plan_fn(batching, num_steps)
   for seed in range(4):
     rows, mask = plan(jax.random.key(seed), start, n)
     rows = np.asarray(rows).reshape(-1)
@@ -262,40 +259,40 @@ def test_plan_local_epochs(n, epochs):
 
 def test_plan_no_shuffle_is_in_order():
   start, n = 5, 3
-  plan = _plan_fn(Batching(2, local_steps=4, shuffle=False), 4, 8)
+  plan = _plan_fn(Batching(2, local_steps=4, shuffle=False), 4)
   rows, mask = plan(jax.random.key(0), start, n)
   np.testing.assert_array_equal(
       rows, np.array([5, 6, 7, 5, 6, 7, 5, 6]).reshape(4, 2))
   assert np.asarray(mask).all()
 
-  plan = _plan_fn(Batching(4, local_epochs=2, shuffle=False), 2, 8)
+  plan = _plan_fn(Batching(4, local_epochs=2, shuffle=False), 2)
   rows, mask = plan(jax.random.key(1), start, n)
   np.testing.assert_array_equal(mask, [[True] * 4, [True, True, False, False]])
   np.testing.assert_array_equal(np.asarray(rows)[np.asarray(mask)],
                                 [5, 6, 7, 5, 6, 7])
 
   # Evaluation's configuration: one epoch, in store order.
-  plan = _plan_fn(Batching(4, local_epochs=1, shuffle=False), 3, 10)
+  plan = _plan_fn(Batching(4, local_epochs=1, shuffle=False), 3)
   rows, mask = plan(jax.random.key(2), 40, 10)
   np.testing.assert_array_equal(np.asarray(rows)[np.asarray(mask)],
                                 np.arange(40, 50))
 
 
 # (Configurations shared with the tests above, so nothing recompiles.)
-@pytest.mark.parametrize('batching, num_steps, max_size', [
-    (Batching(4, local_steps=5), 5, 32),
-    (Batching(4, local_epochs=2), 4, 7),
-    (Batching(2, local_steps=4, shuffle=False), 4, 8),
+@pytest.mark.parametrize('batching, num_steps', [
+    (Batching(4, local_steps=5), 5),
+    (Batching(4, local_epochs=2), 4),
+    (Batching(2, local_steps=4, shuffle=False), 4),
 ])
-def test_plan_empty_client_fully_masked(batching, num_steps, max_size):
-  plan = _plan_fn(batching, num_steps, max_size)
+def test_plan_empty_client_fully_masked(batching, num_steps):
+  plan = _plan_fn(batching, num_steps)
   rows, mask = plan(jax.random.key(0), 7, 0)
   assert rows.shape == (num_steps, batching.batch_size)
   assert not np.asarray(mask).any()
 
 
 def test_plan_keys():
-  plan = _plan_fn(Batching(4, local_steps=5), 5, 32)
+  plan = _plan_fn(Batching(4, local_steps=5), 5)
   a, _ = plan(jax.random.key(0), 0, 20)
   a2, _ = plan(jax.random.key(0), 0, 20)
   b, _ = plan(jax.random.key(1), 0, 20)
@@ -310,7 +307,7 @@ def test_plan_subset_is_uniform():
   n, batch_size, num_steps, num_keys = 20, 4, 2, 2000
   batching = Batching(batch_size, local_steps=num_steps)
   plan = jax.jit(jax.vmap(lambda k: data.plan_client(
-      k, 0, n, batching=batching, num_steps=num_steps, max_size=32)[0]))
+      k, 0, n, batching=batching, num_steps=num_steps)[0]))
   keys = jax.random.split(jax.random.key(42), num_keys)
   rows = np.asarray(plan(keys)).reshape(num_keys, -1)
   for r in rows[:50]:
@@ -392,15 +389,13 @@ def test_select_errors():
 def test_gather_host_equals_device(batching):
   d = _store([5, 0, 11, 2, 8])
   cohort = data.select(d, [4, 1, 0, 2], num_padded=6)
-  max_size = data.bucket(int(d.sizes.max()))
   num_steps = batching.num_steps(11)
   key = jax.random.key(7)
   starts = jnp.asarray(d.offsets[:-1], jnp.int32)
   sizes = jnp.asarray(d.sizes, jnp.int32)
   rows, mask = data.plan_cohort(
       key, jnp.asarray(cohort.client_ids), jnp.asarray(cohort.client_mask),
-      starts, sizes, batching=batching, num_steps=num_steps,
-      max_size=max_size)
+      starts, sizes, batching=batching, num_steps=num_steps)
   assert rows.shape == mask.shape == (6, num_steps, 3)
   host = data.gather(d.features, np.asarray(rows))
   assert isinstance(host['x'], np.ndarray)
@@ -424,7 +419,7 @@ def test_gather_host_equals_device(batching):
 
   # gather_on_host fills the cohort with exactly these batches.
   filled = data.gather_on_host(d, cohort, key, batching=batching,
-                               num_steps=num_steps, max_size=max_size)
+                               num_steps=num_steps)
   np.testing.assert_array_equal(filled.example_mask, mask)
   for name in d.features:
     np.testing.assert_array_equal(filled.batches[name], host[name])
@@ -442,7 +437,7 @@ def test_plan_does_not_depend_on_cohort_position_or_padding():
     rows, mask = data.plan_cohort(
         jax.random.key(0), jnp.asarray(c.client_ids),
         jnp.asarray(c.client_mask), starts, sizes, batching=batching,
-        num_steps=3, max_size=16)
+        num_steps=3)
     return np.asarray(rows), np.asarray(mask)
 
   # Same compiled shape (5 slots), different positions and padding.
@@ -461,10 +456,8 @@ def test_host_gather_matches_engine_device_loader():
   batching = Batching(3, local_steps=4)
   cohort = data.select(d, [3, 0, 2, 4], num_padded=6)
   key = jax.random.key(11)
-  max_size = data.bucket(11)
-  host = data.gather_on_host(d, cohort, key, batching=batching, num_steps=4,
-                             max_size=max_size)
-  loader = simulate.BatchLoader(batching, max_size)
+  host = data.gather_on_host(d, cohort, key, batching=batching, num_steps=4)
+  loader = simulate.BatchLoader(batching)
   chunk = dict(client_ids=jnp.asarray(cohort.client_ids),
                client_mask=jnp.asarray(cohort.client_mask),
                batches=None, example_mask=None)
@@ -477,13 +470,3 @@ def test_host_gather_matches_engine_device_loader():
     np.testing.assert_array_equal(np.asarray(batches[name])[m],
                                   host.batches[name][m])
 
-
-def test_plan_does_not_depend_on_dataset_max_size():
-  # The slot noise is drawn per slot index (partitionable threefry), so a
-  # client's batches stay the same when the dataset gains a larger client.
-  key = jax.random.key(3)
-  batching = data.Batching(batch_size=4, local_steps=3)
-  plans = [data.plan_client(key, 5, 7, batching=batching, num_steps=3,
-                                max_size=m)[0] for m in (8, 64, 1024)]
-  np.testing.assert_array_equal(plans[0], plans[1])
-  np.testing.assert_array_equal(plans[0], plans[2])
