@@ -31,13 +31,19 @@ by ``jax.block_until_ready`` on the new server state and metrics) until
 ``--min_rounds``. Each round draws a different cohort (numpy
 ``choice(N, C, replace=False)`` from one seeded generator, the same sequence
 for every configuration) and uses the key ``fold_in(key, round)``. Timed
-rounds include ``rnd.select`` (engine) and the host gather (naive).
+rounds include ``rnd.select`` (engine) and the host gather (naive). The
+share of CPU time other processes used while a row was timed (from
+/proc/stat) is recorded with it, so rows measured on a busy machine show.
 
 Usage:
 
   python benchmarks/round_speed.py                   # full run, ~5-10 min
   python benchmarks/round_speed.py --quick           # smoke test, ~1 min
   python benchmarks/round_speed.py --models=mlp --clients=100
+  python benchmarks/round_speed.py --models=mlp --extra_chunks=5,10,25
+  # the cohort split over one XLA CPU device per core:
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+      python benchmarks/round_speed.py --out=benchmarks/results/x.json
 
 Writes ``benchmarks/results/round_speed.json`` and prints a markdown table.
 """
@@ -96,10 +102,18 @@ def cohorts(num_rounds, clients_per_round):
           for _ in range(num_rounds)]
 
 
-def copy_state(state):
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(lambda x: jax.numpy.asarray(np.array(x)), state)
+def plan_kwargs(fn, data):
+  """``max_size=...`` for index-plan functions that take it.
+
+  The sort-based plan of earlier engine versions padded every client to the
+  dataset's bucketed largest size; the sort-free plan has no such argument.
+  """
+  import inspect  # pylint: disable=g-import-not-at-top
+  from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
+  fn = getattr(fn, '__wrapped__', fn)
+  if 'max_size' in inspect.signature(fn).parameters:
+    return dict(max_size=data_lib.bucket(int(data.sizes.max(initial=1))))
+  return {}
 
 
 class EngineRunner:
@@ -115,6 +129,9 @@ class EngineRunner:
     self.state = algo.init(params)
     self.key = jax.random.key(SEED)
 
+  def prepare(self, r, ids):
+    """Untimed work before round ``r`` (none: the whole round is timed)."""
+
   def round(self, r, ids):
     import jax  # pylint: disable=g-import-not-at-top
     cohort = self.rnd.select(ids)
@@ -125,6 +142,50 @@ class EngineRunner:
   @property
   def params(self):
     return self.state.params
+
+
+class EngineComputeRunner(EngineRunner):
+  """Diagnostic: the engine's compiled round alone, without plan and gather.
+
+  The cohort's batches are planned and gathered on the host and placed on
+  the device *before* the timer starts; the timed part is the compiled
+  round program (local training, aggregation, server update) on those
+  batches. Uses the Round's private ``_jitted``; the difference to the full
+  engine rows is the cost of the index plan and the gather.
+  """
+
+  def __init__(self, model_name, clients_per_round, chunk):
+    super().__init__(model_name, clients_per_round, chunk, gather='host')
+    self._prepared = None
+
+  def prepare(self, r, ids):
+    import jax  # pylint: disable=g-import-not-at-top
+    from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
+    from fedjax_engine import simulate  # pylint: disable=g-import-not-at-top
+    from fedjax_engine import tree  # pylint: disable=g-import-not-at-top
+    rnd = self.rnd
+    if rnd.chunk_size is None:
+      rnd.chunk_size = simulate.default_chunk_size(
+          tree.size(self.state.params), rnd.per_device)
+    key = jax.random.fold_in(self.key, r)
+    cohort = rnd.select(ids)
+    num_steps = rnd.num_steps(cohort)
+    cohort = data_lib.gather_on_host(
+        rnd.data, cohort, key, batching=rnd.batching, num_steps=num_steps,
+        **plan_kwargs(data_lib.gather_on_host, rnd.data))
+    cohort = jax.device_put(cohort, rnd._sharded)  # pylint: disable=protected-access
+    self._prepared = jax.block_until_ready((cohort, key, num_steps))
+
+  def round(self, r, ids):
+    import jax  # pylint: disable=g-import-not-at-top
+    rnd = self.rnd
+    cohort, key, num_steps = self._prepared
+    state = self.state
+    if hasattr(rnd, '_replicated'):
+      state = jax.device_put(state, rnd._replicated)  # pylint: disable=protected-access
+    self.state, _, metrics = rnd._jitted(  # pylint: disable=protected-access
+        state, (), cohort, key, None, num_steps=num_steps)
+    jax.block_until_ready((self.state, metrics))
 
 
 class NaiveRunner:
@@ -138,7 +199,7 @@ class NaiveRunner:
     train, model, algo, batching, params, client_opt = build(model_name)
     self.data = train
     self.batching = batching
-    self.max_size = data_lib.bucket(int(train.sizes.max(initial=1)))
+    self.plan_kwargs = plan_kwargs(data_lib.gather_on_host, train)
     self.num_padded = clients_per_round
     self.key = jax.random.key(SEED)
     self.state = algo.init(params)
@@ -158,6 +219,9 @@ class NaiveRunner:
 
     self.step = step
 
+  def prepare(self, r, ids):
+    """Untimed work before round ``r`` (none: the whole round is timed)."""
+
   def round(self, r, ids):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
@@ -166,7 +230,7 @@ class NaiveRunner:
     cohort = data_lib.select(self.data, ids, num_padded=len(ids))
     cohort = data_lib.gather_on_host(
         self.data, cohort, round_key, batching=self.batching,
-        num_steps=LOCAL_STEPS, max_size=self.max_size)
+        num_steps=LOCAL_STEPS, **self.plan_kwargs)
     xs, ys, masks = cohort.batches['x'], cohort.batches['y'], cohort.example_mask
     server_params = self.state.params
     server_np = jax.tree.map(np.asarray, server_params)
@@ -202,6 +266,8 @@ def fe_round_info(num_clients, total_weight):
 def make_runner(cfg):
   if cfg['impl'] == 'naive':
     return NaiveRunner(cfg['model'], cfg['clients'])
+  if cfg['impl'] == 'engine_compute':
+    return EngineComputeRunner(cfg['model'], cfg['clients'], cfg['chunk'])
   return EngineRunner(cfg['model'], cfg['clients'], cfg['chunk'],
                       gather=cfg.get('gather', 'device'))
 
@@ -223,6 +289,17 @@ def rss_mib():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def cpu_busy_s():
+  """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
+  with open('/proc/stat') as f:
+    fields = [int(v) for v in f.readline().split()[1:]]
+  tick = os.sysconf('SC_CLK_TCK')
+  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
+  busy = (sum(fields[:8]) - idle) / tick   # user..steal, without guest
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  return busy, own.ru_utime + own.ru_stime
+
+
 def current_rss_mib():
   with open('/proc/self/statm') as f:
     return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
@@ -241,26 +318,36 @@ def run_config(cfg, *, min_rounds, max_rounds, time_budget):
   base_rss = current_rss_mib()
   all_cohorts = cohorts(2 + max_rounds, c)
 
+  runner.prepare(0, all_cohorts[0])
   t0 = time.perf_counter()
   runner.round(0, all_cohorts[0])
   first_s = time.perf_counter() - t0
+  runner.prepare(1, all_cohorts[1])
   t0 = time.perf_counter()
   runner.round(1, all_cohorts[1])
   warmup_s = time.perf_counter() - t0
 
   times = []
+  busy0, own0 = cpu_busy_s()
   start = time.perf_counter()
   for r in range(2, 2 + max_rounds):
     if len(times) >= min_rounds and time.perf_counter() - start > time_budget:
       break
+    runner.prepare(r, all_cohorts[r])
     t0 = time.perf_counter()
     runner.round(r, all_cohorts[r])
     times.append(time.perf_counter() - t0)
+  wall = time.perf_counter() - start
+  busy1, own1 = cpu_busy_s()
+  # Share of the machine's CPU time used by other processes while timing.
+  # /proc/stat counts in clock ticks (10 ms): too coarse under half a second.
+  others = (min(max(busy1 - busy0 - (own1 - own0), 0.0)
+                / (wall * os.cpu_count()), 1.0) if wall >= 0.5 else None)
   times = np.asarray(times)
   mean = float(times.mean())
   out = dict(cfg)
   chunk_used = None
-  if cfg['impl'] == 'engine':
+  if cfg['impl'] != 'naive':
     chunk_used = runner.rnd.chunk_size
   out.update(
       chunk_used=chunk_used,
@@ -276,6 +363,11 @@ def run_config(cfg, *, min_rounds, max_rounds, time_budget):
       examples_per_s=c * LOCAL_STEPS * BATCH_SIZE / mean,
       rss_after_setup_mib=base_rss,
       peak_rss_mib=rss_mib(),
+      # Fraction of all cores' time that OTHER processes used while the
+      # rounds were timed (from /proc/stat minus this process's CPU time):
+      # 0 on a quiet machine; 0.5 on 2 cores = one core taken by others.
+      other_cpu_frac=others,
+      load_avg_1m=os.getloadavg()[0],
   )
   return out
 
@@ -324,7 +416,7 @@ def plan_cost(clients_per_round, repeats=5):
   train, _ = fe.datasets.synthetic(alpha=1, beta=1, num_clients=NUM_CLIENTS,
                                    seed=SEED)
   batching = fe.Batching(batch_size=BATCH_SIZE, local_steps=LOCAL_STEPS)
-  max_size = data_lib.bucket(int(train.sizes.max()))
+  kwargs = plan_kwargs(data_lib.plan_cohort, train)
   starts = jnp.asarray(train.offsets[:-1], jnp.int32)
   sizes = jnp.asarray(train.sizes, jnp.int32)
   times = []
@@ -335,12 +427,30 @@ def plan_cost(clients_per_round, repeats=5):
         jax.random.fold_in(jax.random.key(0), r),
         jnp.asarray(cohort.client_ids), jnp.asarray(cohort.client_mask),
         starts, sizes, batching=batching, num_steps=LOCAL_STEPS,
-        max_size=max_size)
+        **kwargs)
     jax.block_until_ready(out)
     if r:
       times.append(time.perf_counter() - t0)
-  return dict(clients=clients_per_round, max_size=max_size,
+  return dict(clients=clients_per_round, max_size=kwargs.get('max_size'),
               plan_s=sum(times) / len(times))
+
+
+def engine_version():
+  """Git commit of the checkout and a digest of uncommitted engine changes."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(HERE)
+  def git(*argv):
+    try:
+      return subprocess.run(('git', '-C', root) + argv, capture_output=True,
+                            text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+      return None
+  commit = git('rev-parse', '--short', 'HEAD')
+  diff = git('diff', 'HEAD', '--', 'fedjax_engine', 'algorithms', 'datasets')
+  return dict(
+      commit=commit.strip() if commit else None,
+      uncommitted_engine_changes=(
+          hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None))
 
 
 def machine_info():
@@ -369,7 +479,9 @@ def machine_info():
       backend=jax.default_backend(), devices=len(jax.devices()),
       date=datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'),
-      load_avg_start=os.getloadavg())
+      load_avg_start=os.getloadavg(),
+      xla_flags=os.environ.get('XLA_FLAGS', ''),
+      engine=engine_version())
 
 
 def run_subprocess(cfg, args):
@@ -390,6 +502,9 @@ def run_subprocess(cfg, args):
 def label(r):
   if r['impl'] == 'naive':
     return 'naive loop'
+  if r['impl'] == 'engine_compute':
+    return (f"engine K=default (->{r['chunk_used']}), compiled round only "
+            '(no plan/gather)')
   k = 'default' if r['chunk'] is None else ('all' if r['chunk'] == r['clients']
                                             else str(r['chunk']))
   s = f"engine K={k}"
@@ -402,10 +517,10 @@ def label(r):
 
 def table(results):
   lines = [
-      '| model | C | implementation | s/round (mean) | min | rounds | first round '
-      '(incl. compile) s | examples/s | speedup vs naive | peak RSS MiB '
-      '(after setup) |',
-      '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|']
+      '| model | C | implementation | s/round (mean) | median | rounds | first round '
+      '(incl. compile) s | compile (est.) s | examples/s | speedup vs naive '
+      '| peak RSS MiB (after setup) | others\' CPU |',
+      '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   naive = {(r['model'], r['clients']): r['round_s_mean'] for r in results
            if r['impl'] == 'naive'}
   for r in results:
@@ -413,10 +528,13 @@ def table(results):
     speed = f"{base / r['round_s_mean']:.1f}x" if base else '-'
     lines.append(
         f"| {r['model']} | {r['clients']} | {label(r)} | "
-        f"{r['round_s_mean']:.4f} | {r['round_s_min']:.4f} | "
+        f"{r['round_s_mean']:.4f} | {r['round_s_median']:.4f} | "
         f"{r['rounds_timed']} | {r['first_round_s']:.2f} | "
+        f"{r['compile_s_est']:.2f} | "
         f"{r['examples_per_s']:,.0f} | {speed} | "
-        f"{r['peak_rss_mib']:.0f} ({r['rss_after_setup_mib']:.0f}) |")
+        f"{r['peak_rss_mib']:.0f} ({r['rss_after_setup_mib']:.0f}) | "
+        + (f"{100 * r['other_cpu_frac']:.0f}% |"
+           if r.get('other_cpu_frac') is not None else 'n/a |'))
   return '\n'.join(lines)
 
 
@@ -472,7 +590,14 @@ def main():
                  '(once min_rounds are done)')
   p.add_argument('--quick', action='store_true',
                  help='smoke test: logistic, C=10, few rounds')
+  p.add_argument('--extra_chunks', default='',
+                 help='comma-separated extra client_chunk_size values to time '
+                 '(those strictly between 1 and C), e.g. 5,10,25')
   p.add_argument('--skip_check', action='store_true')
+  p.add_argument('--breakdown', action=argparse.BooleanOptionalAction,
+                 default=True,
+                 help='also time the compiled round alone on batches gathered '
+                 'beforehand (default K), to separate plan+gather cost')
   p.add_argument('--out', default=os.path.join(HERE, 'results',
                                                'round_speed.json'))
   p.add_argument('--worker', help=argparse.SUPPRESS)
@@ -484,12 +609,14 @@ def main():
   if args.quick:
     args.models, args.clients = 'logistic', '10'
     args.max_rounds, args.time_budget = 3, 1.0
+  args.extra_chunks = sorted(
+      {int(k) for k in args.extra_chunks.split(',') if k}, reverse=True)
   models = args.models.split(',')
   clients = [int(c) for c in args.clients.split(',')]
   info = machine_info()
   print(f"# {info['cpu']}, {info['cores']} cores, jax {info['jax']} "
-        f"({info['backend']}), {info['date']}, load avg {info['load_avg_start']}",
-        flush=True)
+        f"({info['backend']}), {info['date']}, load avg {info['load_avg_start']}"
+        f", engine {info['engine']}", flush=True)
 
   checks = []
   if not args.skip_check:
@@ -501,7 +628,8 @@ def main():
   plans = [plan_cost(c) for c in clients]
   for pc in plans:
     print(f"index plan alone, C={pc['clients']}: {pc['plan_s'] * 1e3:.1f} ms "
-          f"(max_size={pc['max_size']})", flush=True)
+          + (f"(max_size={pc['max_size']})" if pc['max_size'] else ''),
+          flush=True)
 
   results = []
   t_all = time.perf_counter()
@@ -511,6 +639,11 @@ def main():
               dict(impl='engine', chunk=c),
               dict(impl='engine', chunk=None, gather='host'),
               dict(impl='naive', chunk=None)]
+      for k in args.extra_chunks:
+        if 1 < k < c:
+          cfgs.insert(3, dict(impl='engine', chunk=k))
+      if args.breakdown:
+        cfgs.insert(len(cfgs) - 1, dict(impl='engine_compute', chunk=None))
       seen = set()
       for cfg in cfgs:
         key = (cfg['impl'], cfg['chunk'], cfg.get('gather'))
@@ -527,7 +660,10 @@ def main():
         print(f"{model:8s} C={c:5d} {label(r):32s} "
               f"{r['round_s_mean']:.4f} s/round ({r['rounds_timed']} rounds), "
               f"first {r['first_round_s']:.2f} s, peak RSS "
-              f"{r['peak_rss_mib']:.0f} MiB", flush=True)
+              f"{r['peak_rss_mib']:.0f} MiB, other procs' CPU "
+        + (f"{100 * r['other_cpu_frac']:.0f}%"
+           if r['other_cpu_frac'] is not None else 'n/a'),
+        flush=True)
   info['load_avg_end'] = os.getloadavg()
   info['benchmark_wall_s'] = time.perf_counter() - t_all
 
@@ -535,13 +671,19 @@ def main():
   md = table(results)
   print()
   print(f"Machine: {info['cpu']}, {info['cores']} cores, {info['mem_gib']:.0f} "
-        f"GiB, jax/jaxlib {info['jax']}/{info['jaxlib']} ({info['backend']}), "
-        f"{info['date']}; load avg start {info['load_avg_start']}, end "
+        f"GiB, jax/jaxlib {info['jax']}/{info['jaxlib']} ({info['backend']}, "
+        f"{info['devices']} device(s)), "
+        f"{info['date']}; engine commit {info['engine']['commit']}"
+        + (f" + uncommitted changes {info['engine']['uncommitted_engine_changes']}"
+           if info['engine']['uncommitted_engine_changes'] else '')
+        + f"; load avg start {info['load_avg_start']}, end "
         f"{info['load_avg_end']}")
   print()
   print(md)
   print()
   print('\n'.join(lines))
+  print('\nNaive loop at C >= 1000: 2 timed rounds only (after 1 warm-up); '
+        'other rows: rounds until the time budget, see "rounds".')
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(dict(
