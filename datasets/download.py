@@ -21,6 +21,7 @@ Example:
 """
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -60,31 +61,36 @@ def fetch(url: str, path: str, *, sha256: str | None,
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix='.partial-',
                              suffix='-' + os.path.basename(path))
+  received, total = 0, None
   try:
-    try:
-      response = urllib.request.urlopen(url, timeout=timeout)
-    except (urllib.error.URLError, OSError) as e:
-      raise DownloadError(
-          f'cannot download {url} ({e}). Without network access, download it '
-          f'elsewhere and put it at {path}, or pass data_dir= (--data_dir) '
-          'naming the folder that holds it.') from e
-    with response, os.fdopen(fd, 'wb') as out:
-      total = int(response.headers.get('Content-Length') or 0) or None
-      bar = None
-      if progress:
-        from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-        bar = tqdm.tqdm(total=total, unit='B', unit_scale=True,
-                        desc=os.path.basename(path))
-      received = 0
+    with os.fdopen(fd, 'wb') as out:
       try:
-        for block in iter(lambda: response.read(CHUNK), b''):
-          out.write(block)
-          received += len(block)
+        response = urllib.request.urlopen(url, timeout=timeout)
+      except (urllib.error.URLError, OSError) as e:
+        raise DownloadError(
+            f'cannot download {url} ({e}). Without network access, download '
+            f'it elsewhere and put it at {path}, or pass data_dir= '
+            '(--data_dir) naming the folder that holds it.') from e
+      with response:
+        total = int(response.headers.get('Content-Length') or 0) or None
+        bar = None
+        if progress:
+          from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+          bar = tqdm.tqdm(total=total, unit='B', unit_scale=True,
+                          desc=os.path.basename(path))
+        try:
+          for block in iter(lambda: response.read(CHUNK), b''):
+            out.write(block)
+            received += len(block)
+            if bar is not None:
+              bar.update(len(block))
+        except (OSError, http.client.HTTPException) as e:
+          raise DownloadError(
+              f'download of {url} failed after {received} bytes ({e}); '
+              f'nothing was saved at {path}.') from e
+        finally:
           if bar is not None:
-            bar.update(len(block))
-      finally:
-        if bar is not None:
-          bar.close()
+            bar.close()
     if total is not None and received != total:
       raise DownloadError(f'download of {url} stopped after {received} of '
                           f'{total} bytes; nothing was saved at {path}.')
@@ -94,6 +100,10 @@ def fetch(url: str, path: str, *, sha256: str | None,
         raise DownloadError(
             f'checksum mismatch for {url}: sha256 {actual}, expected '
             f'{sha256}; nothing was saved at {path}.')
+    # mkstemp creates 0600 files; a shared cache should follow the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return path
   finally:
