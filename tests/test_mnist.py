@@ -4,6 +4,7 @@ Small idx files in the real format are written into tmp_path; the real MNIST
 files are read from ../shared/data/mnist when that folder exists.
 """
 
+import importlib
 import functools
 import gzip
 import hashlib
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from fedjax_engine.datasets import download
-from fedjax_engine.datasets import mnist as mnist_lib
+mnist_lib = importlib.import_module('fedjax_engine.datasets.mnist')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / 'shared' / 'data' / 'mnist'
