@@ -22,6 +22,7 @@ Example:
   ValueError: unknown algorithm 'fedprox2'; known: fedavg, fedsgd, or a plug-in as 'package.module:attribute'.
 """
 
+import functools
 import importlib
 import math
 from typing import Any, Callable, Mapping, NamedTuple
@@ -36,8 +37,15 @@ from fedjax_engine import models
 
 
 class DatasetEntry(NamedTuple):
-  load: Callable[..., tuple]   # load(**options) -> (train, test)
+  """A dataset by name.
+
+  ``load(**options)`` returns ``(train, test)`` FederatedData, or for a
+  centralized dataset a :class:`fedjax_engine.datasets.Centralized` that the
+  CLI splits into clients with a partitioner.
+  """
+  load: Callable[..., Any]
   num_classes: int
+  centralized: bool = False
 
 
 ALGORITHMS: Mapping[str, Callable] = {
@@ -47,7 +55,24 @@ ALGORITHMS: Mapping[str, Callable] = {
 
 DATASETS: Mapping[str, DatasetEntry] = {
     'synthetic': DatasetEntry(datasets.synthetic, num_classes=10),
+    'emnist': DatasetEntry(datasets.emnist, num_classes=62),
+    'emnist_digits': DatasetEntry(
+        functools.partial(datasets.emnist, only_digits=True), num_classes=10),
+    'leaf_femnist': DatasetEntry(datasets.leaf_femnist, num_classes=62),
+    'shakespeare': DatasetEntry(datasets.shakespeare, num_classes=90),
+    'stackoverflow_nwp': DatasetEntry(datasets.stackoverflow_nwp,
+                                      num_classes=10004),
+    'fed_cifar100': DatasetEntry(datasets.fed_cifar100, num_classes=100),
+    'mnist': DatasetEntry(datasets.mnist, num_classes=10, centralized=True),
+    'fashion_mnist': DatasetEntry(datasets.fashion_mnist, num_classes=10,
+                                  centralized=True),
+    'cifar10': DatasetEntry(datasets.cifar10, num_classes=10,
+                            centralized=True),
+    'cifar100': DatasetEntry(datasets.cifar100, num_classes=100,
+                             centralized=True),
 }
+
+PARTITIONS = ('iid', 'dirichlet', 'shards', 'quantity_skew')
 
 
 def _flat(shape):

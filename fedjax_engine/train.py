@@ -14,6 +14,7 @@ A bad flag value stops the program with one message and exit code 2.
 """
 
 import inspect
+import logging as py_logging
 import os
 import sys
 
@@ -23,8 +24,10 @@ from absl import logging
 import jax
 
 from fedjax_engine import data as data_lib
+from fedjax_engine import datasets
 from fedjax_engine import registry
 from fedjax_engine import runner
+from fedjax_engine.datasets import download
 
 FLAGS = flags.FLAGS
 
@@ -68,7 +71,19 @@ flags.DEFINE_integer('cpu_devices', None, 'JAX CPU devices to shard the '
                      'cohort over when running on CPU (default: one per core, '
                      'at most 8). XLA:CPU runs small per-client ops on one '
                      'core, so clients sharded over devices use every core.')
-flags.DEFINE_integer('num_clients', 1000, 'synthetic: number of clients.')
+flags.DEFINE_string('data_dir', None, 'Folder holding the dataset\'s files '
+                    '(default: the cache, $FEDJAX_ENGINE_DATA or '
+                    '~/.cache/fedjax_engine, downloading into it).')
+flags.DEFINE_bool('download', True, 'Download missing files into the cache.')
+flags.DEFINE_integer('num_clients', 1000, 'synthetic, and centralized '
+                     'datasets split by --partition: number of clients.')
+flags.DEFINE_enum('partition', 'iid', registry.PARTITIONS, 'How a '
+                  'centralized dataset (mnist, fashion_mnist, cifar10, '
+                  'cifar100) is split into clients.')
+flags.DEFINE_float('dirichlet_alpha', 0.5, '--partition=dirichlet: label '
+                   'concentration (smaller is more skewed).')
+flags.DEFINE_integer('shards_per_client', 2, '--partition=shards: label-'
+                     'sorted shards per client (McMahan et al. 2017).')
 flags.DEFINE_float('synthetic_alpha', 1.0, 'synthetic: model heterogeneity.')
 flags.DEFINE_float('synthetic_beta', 1.0, 'synthetic: input heterogeneity.')
 flags.DEFINE_bool('synthetic_iid', False, 'synthetic: the IID variant.')
@@ -81,6 +96,24 @@ class UsageError(ValueError):
 def _check(condition, message):
   if not condition:
     raise UsageError(message)
+
+
+def _partition(data):
+  """Splits a centralized dataset's train set into clients by the flags.
+
+  The test set becomes one evaluation client, so the example-weighted test
+  metrics are the usual centralized ones.
+  """
+  kwargs = dict(num_clients=FLAGS.num_clients, seed=FLAGS.seed)
+  if FLAGS.partition == 'dirichlet':
+    kwargs['alpha'] = FLAGS.dirichlet_alpha
+  elif FLAGS.partition == 'shards':
+    kwargs['shards_per_client'] = FLAGS.shards_per_client
+  split = getattr(datasets.partition, FLAGS.partition)
+  train = split(data.train_x, data.train_y, **kwargs)
+  test = data_lib.FederatedData({'x': data.test_x, 'y': data.test_y},
+                                [0, len(data.test_y)], ['test'])
+  return train, test
 
 
 def _build():
@@ -114,15 +147,20 @@ def _build():
   dataset = registry.resolve(registry.DATASETS, FLAGS.dataset, kind='dataset')
   model_factory = registry.resolve(registry.MODELS, FLAGS.model, kind='model')
 
+  _check(FLAGS.num_clients >= 1,
+         f'--num_clients must be >= 1, got {FLAGS.num_clients}.')
   if FLAGS.dataset == 'synthetic':
-    _check(FLAGS.num_clients >= 1,
-           f'--num_clients must be >= 1, got {FLAGS.num_clients}.')
     train, test = dataset.load(
         alpha=FLAGS.synthetic_alpha, beta=FLAGS.synthetic_beta,
         iid=FLAGS.synthetic_iid, num_clients=FLAGS.num_clients,
         seed=FLAGS.seed)
   else:
-    train, test = dataset.load()
+    accepted = inspect.signature(dataset.load).parameters
+    options = {k: v for k, v in (('data_dir', FLAGS.data_dir),
+                                 ('download', FLAGS.download))
+               if k in accepted}
+    loaded = dataset.load(**options)
+    train, test = _partition(loaded) if dataset.centralized else loaded
   _check(FLAGS.clients_per_round <= train.num_clients,
          f'--clients_per_round={FLAGS.clients_per_round} exceeds the '
          f'{train.num_clients} clients of --dataset={FLAGS.dataset}.')
@@ -144,6 +182,16 @@ def _build():
   return algorithm, model, train, test, batching
 
 
+def _quiet_backend_probing():
+  """Silences JAX's backend search ("Unable to initialize backend 'tpu'").
+
+  It is logged at INFO on xla_bridge's Python logger, which absl's verbosity
+  does not always filter; it shows again with --verbosity=1 or more.
+  """
+  if logging.get_verbosity() < 1:
+    py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.WARNING)
+
+
 def _set_cpu_devices():
   """Must run before JAX creates its CPU backend (the first device query)."""
   count = FLAGS.cpu_devices
@@ -156,10 +204,12 @@ def _set_cpu_devices():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}', exitcode=2)
+  _quiet_backend_probing()
   try:
     _set_cpu_devices()
     algorithm, model, train, test, batching = _build()
-  except (UsageError, ValueError) as e:
+  except (UsageError, ValueError, FileNotFoundError,
+          download.DownloadError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   if FLAGS.output_dir:
@@ -198,8 +248,7 @@ def _parse_flags(argv):
 
 
 def run():
-  # JAX logs backend probing (e.g. "Unable to initialize backend 'tpu'") at
-  # INFO; show warnings and up unless --verbosity asks for more.
+  # Show warnings and up unless --verbosity asks for more.
   FLAGS.set_default('verbosity', logging.WARNING)
   app.run(main, flags_parser=_parse_flags)
 

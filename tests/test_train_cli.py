@@ -107,3 +107,42 @@ def test_cli_plugin_algorithm_by_module_path(tmp_path):
   result = _train(*SMALL, '--num_rounds=1', '--algorithm=my_lab_method:build',
                   cwd=tmp_path)
   assert result.returncode == 0, result.stderr
+
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
+                           'data')
+
+
+def _shared(*parts):
+  path = os.path.join(SHARED_DATA, *parts)
+  if not os.path.exists(path):
+    pytest.skip(f'real data not found at {path} (../shared/data)')
+  return path
+
+
+def test_cli_mnist_split_by_dirichlet(tmp_path):
+  folder = _shared('mnist')
+  result = _train('--dataset=mnist', f'--data_dir={folder}', '--model=mlp',
+                  '--num_clients=50', '--clients_per_round=5',
+                  '--partition=dirichlet', '--dirichlet_alpha=0.3',
+                  '--num_rounds=2', '--local_steps=2', '--noprogress',
+                  cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert 'test_accuracy' in result.stdout
+
+
+def test_cli_femnist_subset_by_name(tmp_path):
+  folder = _shared('femnist')
+  result = _train('--dataset=emnist', f'--data_dir={folder}', '--model=mlp',
+                  '--clients_per_round=5', '--num_rounds=2', '--local_steps=2',
+                  '--noprogress', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert 'test_accuracy' in result.stdout
+
+
+def test_cli_missing_data_names_the_path(tmp_path):
+  result = _train('--dataset=emnist', f'--data_dir={tmp_path / "nowhere"}',
+                  '--num_rounds=1', '--noprogress', cwd=tmp_path)
+  assert result.returncode == 2
+  assert 'fed_emnist_train.h5 is not in data_dir' in result.stderr
+  assert 'Traceback' not in result.stderr
