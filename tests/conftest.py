@@ -12,7 +12,10 @@ the machine code is less optimized. Setting
 ``XLA_FLAGS=--xla_backend_optimization_level=N`` overrides this.
 """
 
+import functools
+import http.server
 import os
+import threading
 
 _DEVICE_FLAG = '--xla_force_host_platform_device_count'
 NUM_DEVICES = 4
@@ -82,3 +85,32 @@ def two_clients():
       'A': {'x': f32([1, 2]), 'y': f32([1, 3])},
       'B': {'x': f32([-2, -1, 0, 1, 2, 3]), 'y': f32([-1, 0, 1, 1, 2, 3])},
   })
+
+
+@pytest.fixture
+def file_server(tmp_path):
+  """Serves ``tmp_path/www`` over HTTP on 127.0.0.1 (an ephemeral port).
+
+  Yields ``(folder, base_url)``, the URL ending in '/'. Download tests put
+  files in the folder and point a loader's URL at the server; nothing leaves
+  the machine.
+  """
+  root = tmp_path / 'www'
+  root.mkdir()
+
+  class Quiet(http.server.SimpleHTTPRequestHandler):
+
+    def log_message(self, *args):
+      del args
+
+  httpd = http.server.ThreadingHTTPServer(
+      ('127.0.0.1', 0), functools.partial(Quiet, directory=str(root)))
+  thread = threading.Thread(target=httpd.serve_forever,
+                            kwargs={'poll_interval': 0.05}, daemon=True)
+  thread.start()
+  try:
+    yield root, f'http://127.0.0.1:{httpd.server_address[1]}/'
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5.0)

@@ -5,15 +5,11 @@ Small files in the real formats are written into tmp_path: pickled batches
 hold them, and TFF-layout h5 files with their tar.bz2 archive.
 """
 
-import functools
-import hashlib
-import http.server
 import io
 import os
 import pickle
 import struct
 import tarfile
-import threading
 import warnings
 
 import h5py
@@ -300,39 +296,15 @@ def test_corrupt_archive_names_the_file(tmp_path):
   assert str(path) in str(e.value)
 
 
-@pytest.fixture
-def file_server(tmp_path):
-  """Serves tmp_path/www over http on 127.0.0.1 (ephemeral port)."""
-  root = tmp_path / 'www'
-  root.mkdir()
-
-  class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-      del args
-
-  httpd = http.server.ThreadingHTTPServer(
-      ('127.0.0.1', 0), functools.partial(Quiet, directory=str(root)))
-  thread = threading.Thread(target=httpd.serve_forever,
-                            kwargs={'poll_interval': 0.05}, daemon=True)
-  thread.start()
-  try:
-    yield root, f'http://127.0.0.1:{httpd.server_address[1]}/'
-  finally:
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5.0)
 
 
-def _sha256(path):
-  with open(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_cifar10_download_into_cache(tmp_path, monkeypatch, file_server):
   root, url = file_server
   archive = cifar10_archive(str(root))
   monkeypatch.setattr(cifar_lib, 'CIFAR10_URL', url + 'cifar-10-python.tar.gz')
-  monkeypatch.setattr(cifar_lib, 'CIFAR10_SHA256', _sha256(archive))
+  monkeypatch.setattr(cifar_lib, 'CIFAR10_SHA256', download.sha256_of(archive))
   cache = tmp_path / 'cache'
   monkeypatch.setenv(download.CACHE_ENV, str(cache))
   check_cifar10(cifar_lib.cifar10())
@@ -461,7 +433,7 @@ def test_fed_cifar100_download_into_cache(tmp_path, monkeypatch, file_server):
   with pytest.raises(download.DownloadError, match='checksum mismatch'):
     cifar_lib.fed_cifar100()
   assert not os.path.exists(cache / 'fed_cifar100' / 'fed_cifar100_train.h5')
-  monkeypatch.setattr(cifar_lib, 'FED_CIFAR100_SHA256', _sha256(archive))
+  monkeypatch.setattr(cifar_lib, 'FED_CIFAR100_SHA256', download.sha256_of(archive))
   check_fed(*cifar_lib.fed_cifar100())
   assert sorted(os.listdir(cache / 'fed_cifar100')) == [
       'fed_cifar100.tar.bz2', 'fed_cifar100_test.h5', 'fed_cifar100_train.h5']

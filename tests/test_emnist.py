@@ -1,14 +1,11 @@
 """Federated EMNIST loader: TFF's h5 layout, bad files, real data, download."""
 
 import importlib
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pathlib
 import tarfile
-import threading
 
 import h5py
 import numpy as np
@@ -217,26 +214,6 @@ def test_real_femnist_subset():
 # Download into the cache from a local HTTP server.
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-
-  def log_message(self, *args):
-    pass
-
-
-@pytest.fixture
-def server(tmp_path):
-  root = tmp_path / 'www'
-  root.mkdir()
-  handler = functools.partial(_QuietHandler, directory=str(root))
-  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-  thread = threading.Thread(target=httpd.serve_forever, args=(0.05,),
-                            daemon=True)
-  thread.start()
-  yield root, f'http://127.0.0.1:{httpd.server_address[1]}/'
-  httpd.shutdown()
-  httpd.server_close()
-  thread.join()
-
 
 def make_archive(path, members):
   """A tar.bz2 of ``{member name: bytes}`` (or ``None`` for a symlink)."""
@@ -259,9 +236,9 @@ def h5_bytes(tmp_path, name, clients):
 
 
 @pytest.fixture
-def published(tmp_path, server, monkeypatch):
+def published(tmp_path, file_server, monkeypatch):
   """A small fed_emnist.tar.bz2 served locally; the cache in tmp_path."""
-  root, url = server
+  root, url = file_server
   members = {
       './fed_emnist_train.h5': h5_bytes(tmp_path, 'tr.h5', {
           'w2': (images(0.5), labels(5)), 'w1': (images(0.25), labels(35))}),
@@ -310,8 +287,8 @@ def test_no_download_when_off(published):
   assert not (cache / 'fed_emnist.tar.bz2').exists()
 
 
-def test_archive_without_test_member(tmp_path, server, monkeypatch):
-  root, url = server
+def test_archive_without_test_member(tmp_path, file_server, monkeypatch):
+  root, url = file_server
   sha = make_archive(root / 'fed_emnist.tar.bz2', {
       'fed_emnist_train.h5': h5_bytes(tmp_path, 'tr.h5', {
           'w': (images(0.5), labels(1))})})

@@ -5,14 +5,11 @@ files are read from ../shared/data/mnist when that folder exists.
 """
 
 import importlib
-import functools
 import gzip
 import hashlib
-import http.server
 import os
 import pathlib
 import struct
-import threading
 
 import numpy as np
 import pytest
@@ -223,39 +220,15 @@ def test_cache_miss_without_download(tmp_path, monkeypatch):
                       'train-images-idx3-ubyte.gz') in str(e.value)
 
 
-@pytest.fixture
-def file_server(tmp_path):
-  """Serves tmp_path/www over http on 127.0.0.1 (ephemeral port)."""
-  root = tmp_path / 'www'
-  root.mkdir()
-
-  class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-      del args
-
-  httpd = http.server.ThreadingHTTPServer(
-      ('127.0.0.1', 0), functools.partial(Quiet, directory=str(root)))
-  thread = threading.Thread(target=httpd.serve_forever,
-                            kwargs={'poll_interval': 0.05}, daemon=True)
-  thread.start()
-  try:
-    yield root, f'http://127.0.0.1:{httpd.server_address[1]}/'
-  finally:
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5.0)
 
 
-def _sha256(path):
-  with open(path, 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_downloads_into_the_cache_with_checksums(tmp_path, monkeypatch,
                                                  file_server):
   root, url = file_server
   write_dataset(str(root), train_labels=(6, 6))
-  sums = {n: _sha256(root / n) for n in os.listdir(root)}
+  sums = {n: download.sha256_of(root / n) for n in os.listdir(root)}
   monkeypatch.setattr(mnist_lib, 'FASHION_MNIST_URL', url)
   monkeypatch.setattr(mnist_lib, 'FASHION_MNIST_SHA256', sums)
   cache = tmp_path / 'cache'
@@ -291,7 +264,7 @@ def test_shared_mnist_files_match_published_checksums():
   # the local train-images .gz was recompressed (same content, see above).
   for name in ('train-labels-idx1-ubyte.gz', 't10k-images-idx3-ubyte.gz',
                't10k-labels-idx1-ubyte.gz'):
-    assert _sha256(SHARED_MNIST / name) == mnist_lib.MNIST_SHA256[name], name
+    assert download.sha256_of(SHARED_MNIST / name) == mnist_lib.MNIST_SHA256[name], name
 
 
 @needs_shared_mnist

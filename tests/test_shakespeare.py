@@ -6,14 +6,11 @@ module's encoder.
 """
 
 import importlib
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pathlib
 import tarfile
-import threading
 
 import h5py
 import numpy as np
@@ -242,28 +239,11 @@ def h5_bytes(tmp_path, clients, name):
   return path.read_bytes()
 
 
-@pytest.fixture
-def server(tmp_path):
-  """Serves tmp_path/www on 127.0.0.1; yields (folder, base url)."""
-  root = tmp_path / 'www'
-  root.mkdir()
-
-  class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-      pass
-
-  httpd = http.server.ThreadingHTTPServer(
-      ('127.0.0.1', 0), functools.partial(Quiet, directory=str(root)))
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  yield root, f'http://127.0.0.1:{httpd.server_address[1]}'
-  httpd.shutdown()
-  httpd.server_close()
 
 
-def test_download_checksum_mismatch_then_success(tmp_path, server,
+def test_download_checksum_mismatch_then_success(tmp_path, file_server,
                                                  monkeypatch):
-  root, base = server
+  root, base = file_server
   members = {
       './shakespeare_train.h5': h5_bytes(tmp_path, {'A': [b'Hi.']}, 'a.h5'),
       'shakespeare_test.h5': h5_bytes(tmp_path, {'A': [b'Yo']}, 'b.h5'),
@@ -271,7 +251,7 @@ def test_download_checksum_mismatch_then_success(tmp_path, server,
   _, sha = make_archive(str(root), members)
   cache = tmp_path / 'cache'
   monkeypatch.setenv(download.CACHE_ENV, str(cache))
-  monkeypatch.setattr(sh, 'URL', f'{base}/shakespeare.tar.bz2')
+  monkeypatch.setattr(sh, 'URL', f'{base}shakespeare.tar.bz2')
 
   monkeypatch.setattr(sh, 'SHA256', '0' * 64)
   with pytest.raises(download.DownloadError, match='checksum mismatch'):
