@@ -133,6 +133,8 @@ def test_output_shapes():
   leaf = rnn.char_lstm(vocab_size=90, last_only=True)   # LEAF: y is [B]
   assert _out_shape(leaf, {'x': jnp.zeros((2, 80), jnp.int32)}) == (2, 90)
   assert _count(_shapes(leaf)) == 820_522
+  assert jax.eval_shape(leaf.loss, jnp.zeros((2, 90)),
+                        {'y': jnp.zeros((2,), jnp.int32)}).shape == (2,)
   assert _out_shape(rnn.stackoverflow_lstm(vocab_size=10_004),
                     tokens) == (2, 7, 10_004)
   assert _out_shape(transformer.transformer_lm(vocab_size=50, max_len=7),

@@ -117,8 +117,11 @@ def test_version_matches_metadata():
 
 
 def test_model_zoo_exports():
-  assert fe.models.__all__ == ['logistic_regression', 'mlp']
-  for name in fe.models.__all__:
+  factories = {'logistic_regression', 'mlp', 'emnist_cnn', 'femnist_cnn',
+               'char_lstm', 'stackoverflow_lstm', 'resnet18_gn',
+               'transformer_lm'}
+  assert set(fe.models.__all__) == factories | {'sequence'}
+  for name in factories:
     assert callable(getattr(fe.models, name))
 
 
