@@ -26,10 +26,6 @@ from fedjax_engine import data as data_lib
 from fedjax_engine import simulate
 from fedjax_engine.model import Model
 
-# Bytes of gathered examples one device holds per chunk of clients.
-CHUNK_BYTES = 256 << 20
-
-
 class Evaluator:
   """Evaluates params on all clients of a dataset; see :func:`make_evaluate`."""
 
@@ -39,16 +35,19 @@ class Evaluator:
     data.check_not_empty('evaluation')
     self.model = model
     self.mesh = mesh or simulate.default_mesh()
-    self.batching = data_lib.Batching(
-        batch_size=batch_size, local_epochs=1, shuffle=False).validate()
     max_size = int(data.sizes.max(initial=1))
-    self.num_steps = max(1, math.ceil(max_size / batch_size))
+    # A client's batch never exceeds its largest peer, so small test splits
+    # are not padded up to batch_size; the chunk then fills a forward pass
+    # of about batch_size examples with several clients.
+    per_client_batch = min(batch_size, max_size)
+    self.batching = data_lib.Batching(
+        batch_size=per_client_batch, local_epochs=1, shuffle=False).validate()
+    self.num_steps = math.ceil(max_size / per_client_batch)
     num_devices = self.mesh.devices.size
     per_device = math.ceil(data.num_clients / num_devices)
     if client_chunk_size is None:
-      bytes_per_client = self.num_steps * batch_size * sum(
-          v[:1].nbytes for v in data.features.values())
-      client_chunk_size = max(1, CHUNK_BYTES // max(bytes_per_client, 1))
+      client_chunk_size = max(
+          1, batch_size // (self.num_steps * per_client_batch))
     chunk = min(client_chunk_size, per_device)
     per_device = math.ceil(per_device / chunk) * chunk
     self.num_chunks = per_device // chunk
@@ -112,16 +111,18 @@ class Evaluator:
 
 
 def make_evaluate(model: Model, data: data_lib.FederatedData, *,
-                  batch_size: int = 256, client_chunk_size: int | None = None,
+                  batch_size: int = 1024, client_chunk_size: int | None = None,
                   mesh: Mesh | None = None) -> Evaluator:
   """Compiles evaluation of ``model`` on every client of ``data``.
 
   Args:
     model: the model; its ``loss`` and ``metrics`` are reported.
     data: the clients to evaluate (typically the test split).
-    batch_size: examples per forward pass per client.
-    client_chunk_size: clients evaluated at once per device; by default as
-      many as fit in about 256 MiB of gathered examples.
+    batch_size: examples per forward pass: a client's batches hold at most
+      this many (and at most its largest peer's size), and by default a
+      chunk of clients fills one pass of about this many examples.
+    client_chunk_size: clients evaluated at once per device (default: see
+      ``batch_size``).
     mesh: devices to shard the clients over.
 
   Returns:

@@ -79,11 +79,29 @@ def _flat(shape):
   return math.prod(shape)
 
 
+# Token ids shared by the sequence datasets: 0 pads, 2 ends a sequence; the
+# Stack Overflow out-of-vocabulary id is the last one. Accuracy leaves out
+# pad, end and out-of-vocabulary targets, as TFF and FedJAX report it.
+_EOS = 2
+
 MODELS: Mapping[str, Callable] = {
     'logistic': lambda *, input_shape, num_classes: models.logistic_regression(
         num_features=_flat(input_shape), num_classes=num_classes),
     'mlp': lambda *, input_shape, num_classes: models.mlp(
         num_features=_flat(input_shape), num_classes=num_classes),
+    'emnist_cnn': lambda *, input_shape, num_classes: models.emnist_cnn(
+        num_classes=num_classes),
+    'femnist_cnn': lambda *, input_shape, num_classes: models.femnist_cnn(
+        num_classes=num_classes),
+    'char_lstm': lambda *, input_shape, num_classes: models.char_lstm(
+        vocab_size=num_classes, accuracy_exclude=(_EOS,)),
+    'stackoverflow_lstm': lambda *, input_shape, num_classes: (
+        models.stackoverflow_lstm(vocab_size=num_classes,
+                                  accuracy_exclude=(_EOS, num_classes - 1))),
+    'resnet18_gn': lambda *, input_shape, num_classes: models.resnet18_gn(
+        num_classes=num_classes, input_shape=tuple(input_shape)),
+    'transformer_lm': lambda *, input_shape, num_classes: models.transformer_lm(
+        vocab_size=num_classes, max_len=input_shape[0]),
 }
 
 

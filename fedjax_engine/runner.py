@@ -53,7 +53,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    num_rounds: int, eval_every: int = 10, seed: int = 0,
                    client_chunk_size: int | None = None,
                    weighting: str = 'examples', gather: str = 'device',
-                   eval_batch_size: int = 256, output_dir: str | None = None,
+                   eval_batch_size: int = 1024, output_dir: str | None = None,
                    progress: bool = True) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 

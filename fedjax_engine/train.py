@@ -58,7 +58,8 @@ flags.DEFINE_enum('weighting', 'examples', ['examples', 'uniform'],
                   'Aggregation weights: client example counts or uniform.')
 flags.DEFINE_integer('eval_every', 50, 'Evaluate every this many rounds (and '
                      'after the last); 0: only after the last.')
-flags.DEFINE_integer('eval_batch_size', 256, 'Evaluation batch size.')
+flags.DEFINE_integer('eval_batch_size', 1024, 'Examples per evaluation '
+                     'forward pass.')
 flags.DEFINE_integer('seed', 0, 'Seed for params, sampling and clients.')
 flags.DEFINE_integer('client_chunk_size', None, 'Clients trained at once per '
                      'device (default: chosen for the backend and model).')
