@@ -219,12 +219,15 @@ def test_connection_refused_names_url_and_path(cache):
 
 
 def test_connection_refused_leaks_no_file_descriptor(cache):
+  # A leak costs one descriptor per call; other threads of the test process
+  # may open or close a few meanwhile, so compare against the call count.
   url = _refused_url()
+  calls = 10
   before = _open_fds()
-  for _ in range(3):
+  for _ in range(calls):
     with pytest.raises(download.DownloadError):
       download.resolve('gone.bin', url=url, sha256=None, progress=False)
-  assert _open_fds() == before
+  assert _open_fds() - before < calls
 
 
 def test_stalled_download_saves_nothing(server, tmp_path):

@@ -69,7 +69,8 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
   for args in (['--server_optimizer=adam', '--server_lr=0.01'],
                ['--algorithm=fedsgd', '--server_lr=0.5'],
                ['--local_epochs=1'],
-               ['--model=mlp', '--client_chunk_size=2']):
+               ['--model=mlp', '--client_chunk_size=2'],
+               ['--cpu_devices=2']):
     result = _train(*_without(SMALL, args), '--num_rounds=2', *args,
                     cwd=tmp_path)
     assert result.returncode == 0, (args, result.stderr)
@@ -146,3 +147,19 @@ def test_cli_missing_data_names_the_path(tmp_path):
   assert result.returncode == 2
   assert 'fed_emnist_train.h5 is not in data_dir' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('dataset, folder, model', [
+    ('emnist', 'femnist', 'emnist_cnn'),
+    ('shakespeare', 'shakespeare', 'char_lstm'),
+])
+def test_cli_zoo_model_on_real_data(tmp_path, dataset, folder, model):
+  folder = _shared(folder)
+  out = tmp_path / 'run'
+  result = _train(f'--dataset={dataset}', f'--data_dir={folder}',
+                  f'--model={model}', '--clients_per_round=3',
+                  '--num_rounds=1', '--local_steps=1', '--batch_size=4',
+                  '--noprogress', f'--output_dir={out}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  record = _read_jsonl(out / 'metrics.jsonl')[-1]
+  assert 0.0 <= record['test_accuracy'] <= 1.0
