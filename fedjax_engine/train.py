@@ -119,6 +119,22 @@ def _partition(data):
   return train, test
 
 
+def _check_model_fits(model, train):
+  """Traces init, apply and loss on one example, shapes only, so a model
+  that cannot take the dataset's examples stops here with one message."""
+  sample = {k: v[:1] for k, v in train.features.items()}
+  try:
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    jax.eval_shape(lambda p: model.loss(model.apply(p, sample), sample),
+                   params)
+  except Exception as e:  # pylint: disable=broad-except
+    shapes = {k: v.shape[1:] for k, v in train.features.items()}
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    raise UsageError(f'--model={FLAGS.model} does not take the examples of '
+                     f'--dataset={FLAGS.dataset} (per-example shapes '
+                     f'{shapes}): {reason}') from e
+
+
 def _build():
   """Turns flags into the experiment's pieces, validating along the way."""
   _check(FLAGS.num_rounds >= 0,
@@ -170,6 +186,7 @@ def _build():
   input_shape = train.features['x'].shape[1:]
   model = model_factory(input_shape=input_shape,
                         num_classes=dataset.num_classes)
+  _check_model_fits(model, train)
 
   optimizers = dict(
       client_optimizer=registry.make_optimizer(

@@ -86,6 +86,8 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
     (['--local_steps=2', '--local_epochs=1'], 'only one of --local_steps'),
     (['--client_lr=abc'], '--client_lr=abc'),
     (['--server_optimizer=rmsprop'], '--server_optimizer=rmsprop'),
+    (['--model=char_lstm'],
+     '--model=char_lstm does not take the examples of --dataset=synthetic'),
     (['--algorithm=no_such_module:build'],
      "cannot import algorithm plug-in module 'no_such_module'"),
 ])
