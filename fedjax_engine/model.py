@@ -18,7 +18,6 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 Array = Any
 Params = Any
@@ -42,9 +41,21 @@ class Model(NamedTuple):
   metrics: Mapping[str, Callable[[Array, Batch], Array]]
 
 
+def integer_cross_entropy(logits, labels):
+  """Cross entropy of ``logits [..., K]`` against integer ``labels [...]``.
+
+  Picks the label's log-probability with a one-hot product rather than
+  ``take_along_axis``: under ``grad`` the latter becomes a scatter-add, which
+  XLA:CPU runs several times slower than the fused elementwise product.
+  """
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=log_probs.dtype)
+  return -jnp.sum(one_hot * log_probs, axis=-1)
+
+
 def softmax_cross_entropy(logits, batch: Batch):
   """Per-example cross entropy against integer labels ``batch['y']``."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, batch['y'])
+  return integer_cross_entropy(logits, batch['y'])
 
 
 def accuracy(logits, batch: Batch):

@@ -55,7 +55,8 @@ Example:
 from typing import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
-import optax
+
+from fedjax_engine import model as model_lib
 
 REDUCTIONS = ('mean', 'sum')
 
@@ -83,7 +84,7 @@ def _reduce(values, weights, reduction):
 
 def token_cross_entropy(logits, targets):
   """``[B, T]`` cross entropy of each position against integer targets."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return model_lib.integer_cross_entropy(logits, targets)
 
 
 def sequence_loss(pad_id: int = 0, *, reduction: str = 'mean') -> Callable:
