@@ -41,16 +41,14 @@ def fedsgd(model: Model, *, server_optimizer: optax.GradientTransformation
   def client_update(server_state, client_state, batches, example_mask, key):
     params = server_state.params
 
-    def step(acc, inputs):
-      batch, mask, i = inputs
+    def step(acc, batch, mask, i):
       grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, i))
       grad_sum, total, count = acc
-      return (tree.add(grad_sum, grads), total + loss.total,
-              count + loss.count), None
+      return tree.add(grad_sum, grads), total + loss.total, count + loss.count
 
     acc0 = (tree.zeros_like(params), jnp.zeros(()), jnp.zeros(()))
-    (grad_sum, total, count), _ = jax.lax.scan(
-        step, acc0, (batches, example_mask, jnp.arange(example_mask.shape[0])))
+    grad_sum, total, count = algorithm.over_steps(step, acc0, batches,
+                                                  example_mask)
     grads = tree.scale(grad_sum, 1.0 / jnp.maximum(count, 1.0))
     return grads, client_state, {'train_loss': algorithm.Mean(total, count)}
 

@@ -13,6 +13,7 @@ from fedjax_engine.algorithm import RoundInfo as RoundInfo
 from fedjax_engine.algorithm import ServerState as ServerState
 from fedjax_engine.algorithm import local_training as local_training
 from fedjax_engine.algorithm import masked_loss as masked_loss
+from fedjax_engine.algorithm import over_steps as over_steps
 from fedjax_engine.algorithm import server_optimizer_step as server_optimizer_step
 from fedjax_engine.data import Batching as Batching
 from fedjax_engine.data import Cohort as Cohort
@@ -27,6 +28,7 @@ from fedjax_engine.simulate import Round as Round
 from fedjax_engine.simulate import make_round as make_round
 from fedjax_engine.evaluate import Evaluator as Evaluator
 from fedjax_engine.evaluate import make_evaluate as make_evaluate
+from fedjax_engine import sampling as sampling
 from fedjax_engine import models as models
 from fedjax_engine import algorithms as algorithms
 from fedjax_engine import datasets as datasets

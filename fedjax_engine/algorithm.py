@@ -92,36 +92,66 @@ def masked_loss(model: Model, params, batch, mask, key, *, train=True):
   return total / jnp.maximum(count, 1.0), Mean(total, count)
 
 
+def busy_steps(example_mask):
+  """The number of steps up to and including the last one with an example.
+
+  Index plans put a client's padded steps last, so this is its real work.
+  """
+  num_steps = example_mask.shape[0]
+  busy = jnp.any(example_mask.reshape(num_steps, -1), axis=1)
+  return jnp.max(jnp.where(busy, jnp.arange(1, num_steps + 1), 0))
+
+
+def over_steps(step, carry, batches, example_mask):
+  """``carry = step(carry, batch, mask, i)`` for steps ``i < busy_steps``.
+
+  A ``while_loop`` rather than a ``scan`` over all ``S`` steps, so padded
+  steps cost nothing: a client with 3 of 24 steps runs 3. Under the engine's
+  vmap a chunk of clients runs as many steps as its busiest client, which is
+  why the engine groups clients of similar size into chunks.
+  """
+  n = busy_steps(example_mask)
+
+  def body(state):
+    i, carry = state
+    batch = jax.tree.map(
+        lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
+    mask = jax.lax.dynamic_index_in_dim(example_mask, i, keepdims=False)
+    return i + 1, step(carry, batch, mask, i)
+
+  return jax.lax.while_loop(lambda state: state[0] < n, body,
+                            (jnp.zeros((), jnp.int32), carry))[1]
+
+
 def local_training(model: Model, optimizer: optax.GradientTransformation):
-  """Local training by ``optimizer`` over a client's batches, as one scan.
+  """Local training by ``optimizer`` over a client's batches.
 
   Returns ``train(params, batches [S, B, ...], example_mask [S, B], key) ->
   (params, Mean(train loss))``. The optimizer state starts fresh (a client
-  keeps no optimizer memory between rounds). A step whose batch is fully
-  padded leaves params and optimizer state untouched, so padding steps change
-  nothing. The reported loss is each step's loss before its update.
+  keeps no optimizer memory between rounds). Steps run through
+  :func:`over_steps`; a step whose batch is fully padded leaves params and
+  optimizer state untouched, so padding steps change nothing. The reported
+  loss is each step's loss before its update.
   """
   grad_fn = jax.grad(
       lambda p, b, m, k: masked_loss(model, p, b, m, k), has_aux=True)
 
   def train(params, batches, example_mask, key):
-    num_steps = example_mask.shape[0]
-
-    def step(carry, inputs):
-      params, opt_state = carry
-      batch, mask, step = inputs
-      grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, step))
+    def step(carry, batch, mask, i):
+      params, opt_state, loss_sum = carry
+      grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, i))
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       active = loss.count > 0
-      carry = (tree.where(active, new_params, params),
-               tree.where(active, new_opt_state, opt_state))
-      return carry, loss
+      return (tree.where(active, new_params, params),
+              tree.where(active, new_opt_state, opt_state),
+              jax.tree.map(jnp.add, loss_sum, loss))
 
-    (params, _), losses = jax.lax.scan(
-        step, (params, optimizer.init(params)),
-        (batches, example_mask, jnp.arange(num_steps)))
-    return params, Mean(jnp.sum(losses.total), jnp.sum(losses.count))
+    zero = jnp.zeros((), jnp.float32)
+    params, _, loss = over_steps(
+        step, (params, optimizer.init(params), Mean(zero, zero)), batches,
+        example_mask)
+    return params, loss
 
   return train
 

@@ -1,9 +1,11 @@
 """Vectorized evaluation over every client's examples.
 
-Every client's data is read once, in order, in batches; all clients share the
-params, so a chunk of clients is one large batched forward pass. Results come
-both ways papers report them: averaged over all examples, and averaged per
-client (each client with at least one example counts once).
+The examples of all clients are read once, in store order, in fixed-size
+batches that ignore client boundaries, so nothing is padded but the last
+batch; the batches are split over the devices. Each example's metrics are
+added into its client's totals, and results come both ways papers report
+them: averaged over all examples, and averaged per client (each client with
+at least one example counts once).
 
 Example:
 
@@ -26,43 +28,46 @@ from fedjax_engine import data as data_lib
 from fedjax_engine import simulate
 from fedjax_engine.model import Model
 
+
 class Evaluator:
   """Evaluates params on all clients of a dataset; see :func:`make_evaluate`."""
 
   def __init__(self, model: Model, data: data_lib.FederatedData, *,
-               batch_size: int, client_chunk_size: int | None,
-               mesh: Mesh | None):
+               batch_size: int, mesh: Mesh | None):
     data.check_not_empty('evaluation')
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f'batch_size must be a positive integer, got '
+                       f'{batch_size!r}.')
     self.model = model
     self.mesh = mesh or simulate.default_mesh()
-    max_size = int(data.sizes.max(initial=1))
-    # A client's batch never exceeds its largest peer, so small test splits
-    # are not padded up to batch_size; the chunk then fills a forward pass
-    # of about batch_size examples with several clients.
-    per_client_batch = min(batch_size, max_size)
-    self.batching = data_lib.Batching(
-        batch_size=per_client_batch, local_epochs=1, shuffle=False).validate()
-    self.num_steps = math.ceil(max_size / per_client_batch)
+    self.num_clients = data.num_clients
     num_devices = self.mesh.devices.size
-    per_device = math.ceil(data.num_clients / num_devices)
-    if client_chunk_size is None:
-      client_chunk_size = max(
-          1, batch_size // (self.num_steps * per_client_batch))
-    chunk = min(client_chunk_size, per_device)
-    per_device = math.ceil(per_device / chunk) * chunk
-    self.num_chunks = per_device // chunk
-    cohort = data_lib.select(data, np.arange(data.num_clients),
-                             num_padded=per_device * num_devices)
+    n = data.num_examples
+    # A small test set is not padded up to a large batch_size.
+    batch_size = min(batch_size, math.ceil(n / num_devices))
+    num_batches = math.ceil(n / batch_size / num_devices) * num_devices
+    self.batch_size = batch_size
+    self.batches_per_device = num_batches // num_devices
+    pad = num_batches * batch_size - n
+
+    def layout(values):
+      padded = np.concatenate(
+          [values, np.zeros((pad,) + values.shape[1:], values.dtype)])
+      return padded.reshape((num_batches, batch_size) + values.shape[1:])
+
+    owners = np.repeat(np.arange(data.num_clients, dtype=np.int32),
+                       data.sizes)
     sharded = NamedSharding(self.mesh, P(simulate.AXIS))
-    self._ids = jax.device_put(cohort.client_ids, sharded)
-    self._mask = jax.device_put(cohort.client_mask, sharded)
-    self._store = data.to_device(NamedSharding(self.mesh, P()))
-    self._loader = simulate.BatchLoader(self.batching)
+    self._batches = jax.device_put(
+        {name: layout(v) for name, v in data.features.items()}, sharded)
+    self._owners = jax.device_put(layout(owners), sharded)
+    self._mask = jax.device_put(layout(np.ones(n, bool)), sharded)
     self._jitted = jax.jit(self._evaluate)
 
   def __call__(self, params) -> dict:
     """Metric name -> value, example-weighted and ``<name>_per_client``."""
-    sums, counts = self._jitted(params, self._ids, self._mask, self._store)
+    sums, counts = self._jitted(params, self._batches, self._mask,
+                                self._owners)
     has_data = counts > 0
     out = {}
     for name, total in sums.items():
@@ -72,61 +77,48 @@ class Evaluator:
                                    jnp.maximum(jnp.sum(has_data), 1))
     return out
 
-  def _client_sums(self, params, batches, mask):
+  def _evaluate(self, params, batches, mask, owners):
     metrics = {'loss': self.model.loss, **self.model.metrics}
+    k = self.num_clients
 
-    def step(acc, inputs):
-      batch, m = inputs
-      outputs = self.model.apply(params, batch, train=False)
-      w = m.astype(jnp.float32)
-      return {k: acc[k] + jnp.sum(fn(outputs, batch) * w)
-              for k, fn in metrics.items()}, None
+    def on_device(params, batches, mask, owners):
+      def body(acc, inputs):
+        batch, m, own = inputs
+        outputs = self.model.apply(params, batch, train=False)
+        w = m.astype(jnp.float32)
+        sums, counts = acc
+        sums = {name: sums[name] + jax.ops.segment_sum(
+            fn(outputs, batch) * w, own, num_segments=k)
+                for name, fn in metrics.items()}
+        return (sums, counts + jax.ops.segment_sum(w, own, num_segments=k)), ()
 
-    zeros = {k: jnp.zeros((), jnp.float32) for k in metrics}
-    sums, _ = jax.lax.scan(step, zeros, (batches, mask))
-    return sums, jnp.sum(mask.astype(jnp.float32))
-
-  def _evaluate(self, params, ids, client_mask, store):
-    def on_device(params, ids, client_mask, store):
-      per_client = dict(client_ids=ids, client_mask=client_mask,
-                        batches=None, example_mask=None)
-      chunks = simulate.split_chunks(per_client, self.num_chunks)
-
-      def body(carry, chunk):
-        # Evaluation reads every example in order: the plan needs no key.
-        keys = jnp.zeros(chunk['client_ids'].shape, jnp.uint32)
-        keys = jax.vmap(jax.random.key)(keys)
-        batches, mask = self._loader(store, chunk, keys, self.num_steps)
-        return carry, jax.vmap(self._client_sums, in_axes=(None, 0, 0))(
-            params, batches, mask)
-
-      _, results = simulate.chunked(body, (), chunks, self.num_chunks)
-      return simulate.merge_chunks(results)
+      zeros = jnp.zeros(k, jnp.float32)
+      acc0 = ({name: zeros for name in metrics}, zeros)
+      acc, _ = simulate.chunked(body, acc0, (batches, mask, owners),
+                                self.batches_per_device)
+      return jax.lax.psum(acc, simulate.AXIS)
 
     return jax.shard_map(
         on_device, mesh=self.mesh,
-        in_specs=(P(), P(simulate.AXIS), P(simulate.AXIS), P()),
-        out_specs=P(simulate.AXIS), check_vma=False)(
-            params, ids, client_mask, store)
+        in_specs=(P(), P(simulate.AXIS), P(simulate.AXIS), P(simulate.AXIS)),
+        out_specs=P(), check_vma=False)(params, batches, mask, owners)
 
 
 def make_evaluate(model: Model, data: data_lib.FederatedData, *,
-                  batch_size: int = 1024, client_chunk_size: int | None = None,
+                  batch_size: int = 1024,
                   mesh: Mesh | None = None) -> Evaluator:
   """Compiles evaluation of ``model`` on every client of ``data``.
+
+  The examples stay on the device(s) between calls: the test split is placed
+  there once, in batches split over the mesh.
 
   Args:
     model: the model; its ``loss`` and ``metrics`` are reported.
     data: the clients to evaluate (typically the test split).
-    batch_size: examples per forward pass: a client's batches hold at most
-      this many (and at most its largest peer's size), and by default a
-      chunk of clients fills one pass of about this many examples.
-    client_chunk_size: clients evaluated at once per device (default: see
-      ``batch_size``).
-    mesh: devices to shard the clients over.
+    batch_size: examples per forward pass (fewer when the data is smaller).
+    mesh: devices to split the batches over (all local devices by default).
 
   Returns:
     ``evaluate(params) -> {name: value, name_per_client: value}``.
   """
-  return Evaluator(model, data, batch_size=batch_size,
-                   client_chunk_size=client_chunk_size, mesh=mesh)
+  return Evaluator(model, data, batch_size=batch_size, mesh=mesh)

@@ -54,6 +54,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    client_chunk_size: int | None = None,
                    weighting: str = 'examples', gather: str = 'device',
                    eval_batch_size: int = 1024, output_dir: str | None = None,
+                   rounds_per_call: int = 10,
                    progress: bool = True) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
@@ -70,12 +71,20 @@ def run_experiment(algorithm: Algorithm, model: Model,
     client_chunk_size, weighting, gather: see :func:`fedjax_engine.make_round`.
     eval_batch_size: examples per forward pass in evaluation.
     output_dir: where ``metrics.jsonl`` goes (None: nowhere).
+    rounds_per_call: with ``gather='device'``, rounds fused into one compiled
+      call (:meth:`Round.run_rounds`); a call also ends at every evaluation.
+      Metrics are written after each call, and each of its rounds is given
+      the call's wall time divided by its rounds. 1 drives every round from
+      Python.
     progress: show a progress bar on stderr.
   """
   if num_rounds < 0:
     raise ValueError(f'num_rounds must be >= 0, got {num_rounds}.')
   if eval_every < 0:
     raise ValueError(f'eval_every must be >= 0, got {eval_every}.')
+  if rounds_per_call < 1:
+    raise ValueError(f'rounds_per_call must be >= 1, got {rounds_per_call}.')
+  fused = gather == 'device' and rounds_per_call > 1
   rnd = simulate.make_round(
       algorithm, train, batching=batching,
       clients_per_round=clients_per_round,
@@ -83,10 +92,10 @@ def run_experiment(algorithm: Algorithm, model: Model,
   evaluate = (evaluate_lib.make_evaluate(model, test,
                                          batch_size=eval_batch_size)
               if test is not None else None)
-  sample = sampling.uniform(num_clients=train.num_clients,
-                            clients_per_round=clients_per_round, seed=seed)
-  key = jax.random.key(seed)
-  init_key, rounds_key = jax.random.split(key)
+  init_key, rounds_key, sample_key = jax.random.split(jax.random.key(seed), 3)
+  sampler = sampling.uniform(num_clients=train.num_clients,
+                             clients_per_round=clients_per_round,
+                             key=sample_key)
   server_state = algorithm.init(model.init(init_key))
   client_states = (jax.vmap(algorithm.init_client_state, axis_size=train.num_clients,
                             in_axes=None)(server_state.params)
@@ -109,29 +118,44 @@ def run_experiment(algorithm: Algorithm, model: Model,
       history.append(record)
       if sink:
         sink.write(json.dumps(record) + '\n')
-    for r in range(num_rounds):
+    r = 0
+    while r < num_rounds:
+      n = 1
+      if fused:
+        to_eval = eval_every - r % eval_every if eval_every else num_rounds
+        n = min(rounds_per_call, num_rounds - r, to_eval)
       start = time.perf_counter()
-      cohort = rnd.select(sample(r))
-      server_state, client_states, metrics = rnd(
-          server_state, client_states, cohort,
-          jax.random.fold_in(rounds_key, r))
-      record = {'round': r + 1, **_to_python(metrics)}
-      record['seconds'] = time.perf_counter() - start
-      last = r + 1 == num_rounds
-      if evaluate is not None and (last or (eval_every and
-                                            (r + 1) % eval_every == 0)):
+      if fused:
+        server_state, client_states, metrics = rnd.run_rounds(
+            server_state, client_states, sampler, rounds_key, first_round=r,
+            num_rounds=n, block=rounds_per_call)
+        metrics = jax.device_get(metrics)
+        per_round = [{k: v[i] for k, v in metrics.items()} for i in range(n)]
+      else:
+        server_state, client_states, metrics = rnd(
+            server_state, client_states, rnd.select(sampler(r)),
+            jax.random.fold_in(rounds_key, r))
+        per_round = [metrics]
+      records = [{'round': r + i + 1, **_to_python(m)}
+                 for i, m in enumerate(per_round)]
+      seconds = (time.perf_counter() - start) / n
+      for record in records:
+        record['seconds'] = seconds
+      r += n
+      if evaluate is not None and (r == num_rounds or (
+          eval_every and r % eval_every == 0)):
         scores = _to_python(evaluate(server_state.params))
-        record.update({f'test_{k}': v for k, v in scores.items()})
-      history.append(record)
+        records[-1].update({f'test_{k}': v for k, v in scores.items()})
+      history.extend(records)
       if sink:
-        sink.write(json.dumps(record) + '\n')
+        sink.writelines(json.dumps(record) + '\n' for record in records)
         sink.flush()
       if bar is not None:
-        shown = {k: record[k] for k in ('train_loss', 'test_accuracy')
-                 if isinstance(record.get(k), float)}
+        shown = {k: records[-1][k] for k in ('train_loss', 'test_accuracy')
+                 if isinstance(records[-1].get(k), float)}
         bar.set_postfix({k: f'{v:.4f}' for k, v in shown.items()},
                         refresh=False)
-        bar.update(1)
+        bar.update(n)
   finally:
     if bar is not None:
       bar.close()

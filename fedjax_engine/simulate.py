@@ -20,7 +20,7 @@ Example:
   >>> state, _, metrics = rnd(state, (), rnd.select([0, 1, 2, 3]),
   ...                         jax.random.key(1))
   >>> sorted(metrics)
-  ['clients', 'train_loss']
+  ['clients', 'step_utilization', 'train_loss']
 
 Reference for the round structure: McMahan et al., "Communication-Efficient
 Learning of Deep Networks from Decentralized Data", AISTATS 2017.
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import data as data_lib
 from fedjax_engine import tree
 from fedjax_engine.algorithm import Algorithm, Mean, RoundInfo
@@ -95,6 +96,19 @@ def _sum_metrics(metrics, client_mask):
     m = client_mask.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
     return jnp.sum(x * m, axis=0)
   return jax.tree.map(masked_sum, metrics)
+
+
+# Round metric: local steps that held examples of real clients over the
+# steps the chunks ran (each chunk runs as many as its busiest client).
+UTILIZATION = 'step_utilization'
+
+
+def _step_utilization(mask, client_mask) -> Mean:
+  """``Mean(useful, executed)`` steps of a chunk with step-major ``mask``."""
+  busy = jax.vmap(algorithm_lib.busy_steps, in_axes=1)(mask)
+  useful = jnp.sum(jnp.where(client_mask, busy, 0)).astype(jnp.float32)
+  executed = (busy.shape[0] * jnp.max(busy)).astype(jnp.float32)
+  return Mean(useful, executed)
 
 
 def _finalize_metrics(sums):
@@ -167,6 +181,9 @@ class Round:
     self.cohort_size = per_device * num_devices
     if gather not in ('device', 'host'):
       raise ValueError(f"gather must be 'device' or 'host', got {gather!r}.")
+    if weighting not in ('examples', 'uniform'):
+      raise ValueError(f"weighting must be 'examples' or 'uniform', got "
+                       f'{weighting!r}.')
     self.gather = gather
     self._replicated = NamedSharding(self.mesh, P())
     self._store = (data.to_device(self._replicated) if gather == 'device'
@@ -175,11 +192,34 @@ class Round:
     self._loader = BatchLoader(self.batching)
     self._jitted = jax.jit(self._round, donate_argnums=(0, 1),
                            static_argnames=('num_steps',))
+    self._fused = jax.jit(self._rounds, donate_argnums=(0, 1),
+                          static_argnames=('sampler', 'block', 'num_steps'))
 
   def select(self, client_ids) -> data_lib.Cohort:
-    """A cohort of these clients, padded to the round's fixed size."""
-    return data_lib.select(self.data, client_ids, num_padded=self.cohort_size,
-                           weighting=self.weighting)
+    """A cohort of these clients, padded to the round's fixed size.
+
+    The clients are ordered for the devices and chunks (:meth:`_arrange`);
+    the order changes no result beyond float rounding.
+    """
+    cohort = data_lib.select(self.data, client_ids,
+                             num_padded=self.cohort_size,
+                             weighting=self.weighting)
+    real = int(np.sum(cohort.client_mask))
+    sizes = self.data.sizes[cohort.client_ids[:real]]
+    order = np.concatenate([np.argsort(-sizes, kind='stable'),
+                            np.arange(real, self.cohort_size)])
+    return jax.tree.map(lambda x: self._arrange(x[order]), cohort)
+
+  def _arrange(self, x):
+    """Deals clients sorted largest first to the devices in turn.
+
+    Every device then gets a similar mix of sizes, and the consecutive
+    clients that form each of its chunks are of similar size, so a chunk,
+    which runs as many local steps as its busiest client, wastes few (see
+    the ``step_utilization`` metric).
+    """
+    d = self.mesh.devices.size
+    return x.reshape((-1, d) + x.shape[1:]).swapaxes(0, 1).reshape(x.shape)
 
   def num_steps(self, cohort: data_lib.Cohort) -> int:
     sizes = self.data.sizes[np.asarray(cohort.client_ids)]
@@ -188,8 +228,10 @@ class Round:
 
   @property
   def num_compiled(self) -> int:
-    """Programs compiled so far: one, or one per step bucket with epochs."""
-    return self._jitted._cache_size()  # pylint: disable=protected-access
+    """Programs compiled so far: one per step bucket met (one with
+    ``local_steps``), plus one per block length of :meth:`run_rounds`."""
+    return (self._jitted._cache_size()  # pylint: disable=protected-access
+            + self._fused._cache_size())  # pylint: disable=protected-access
 
   @property
   def num_chunks(self) -> int:
@@ -211,6 +253,94 @@ class Round:
         (server_state, client_states), self._replicated)
     return self._jitted(server_state, client_states, cohort, round_key,
                         self._store, num_steps=num_steps)
+
+  def run_rounds(self, server_state, client_states, sampler, rounds_key, *,
+                 first_round: int, num_rounds: int, block: int | None = None):
+    """Runs several rounds in one compiled program, no Python between them.
+
+    Round ``r`` trains the cohort ``sampler.on_device(r)`` with the round key
+    ``fold_in(rounds_key, r)``: the same as calling this Round with
+    ``select(sampler(r))`` and that key, but the sampling, planning and
+    gathering of every round happen on the device inside one ``lax.scan``.
+    Needs ``gather='device'``. With ``local_epochs`` every round takes the
+    step count of the dataset's largest client (padded steps change
+    nothing).
+
+    Args:
+      server_state, client_states: as for ``__call__`` (donated).
+      sampler: a :mod:`fedjax_engine.sampling` sampler with ``on_device``.
+      rounds_key: the experiment's key; round keys are folded from it.
+      first_round: the number of the first round to run.
+      num_rounds: rounds to run, at most ``block``.
+      block: rounds the compiled scan holds (default ``num_rounds``); rounds
+        past ``num_rounds`` are skipped, so calls with fewer rounds, as at
+        the end of a run, reuse the same program.
+
+    Returns:
+      ``(server_state, client_states, metrics)``, metrics stacked over the
+      rounds run: ``{name: [num_rounds]}``.
+    """
+    block = num_rounds if block is None else block
+    if self.gather != 'device':
+      raise ValueError("run_rounds needs gather='device' (the example store "
+                       f'on the device), got gather={self.gather!r}.')
+    if not 1 <= num_rounds <= block:
+      raise ValueError(f'num_rounds must lie in [1, block={block}], got '
+                       f'{num_rounds}.')
+    if (sampler.num_clients != self.data.num_clients or
+        sampler.clients_per_round > self.cohort_size):
+      raise ValueError(
+          f'the sampler draws {sampler.clients_per_round} of '
+          f'{sampler.num_clients} clients; this round trains up to '
+          f'{self.cohort_size} of {self.data.num_clients}.')
+    if self.chunk_size is None:
+      self.chunk_size = default_chunk_size(
+          tree.size(server_state.params), self.per_device)
+    num_steps = self.batching.num_steps(int(self.data.sizes.max(initial=1)))
+    server_state, client_states = jax.device_put(
+        (server_state, client_states), self._replicated)
+    server_state, client_states, metrics = self._fused(
+        server_state, client_states, rounds_key, self._store,
+        jnp.int32(first_round), jnp.int32(num_rounds), sampler=sampler,
+        block=block, num_steps=num_steps)
+    return (server_state, client_states,
+            jax.tree.map(lambda m: m[:num_rounds], metrics))
+
+  def _device_cohort(self, ids, store) -> data_lib.Cohort:
+    """What :meth:`select` builds on the host, built inside the program."""
+    pad = self.cohort_size - ids.shape[0]
+    ids = ids[jnp.argsort(-store.sizes[ids], stable=True)]
+    weights = (store.sizes[ids].astype(jnp.float32)
+               if self.weighting == 'examples'
+               else jnp.ones(ids.shape, jnp.float32))
+    cohort = data_lib.Cohort(
+        client_ids=jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)]),
+        client_mask=jnp.arange(self.cohort_size) < ids.shape[0],
+        weights=jnp.concatenate([weights, jnp.zeros(pad, jnp.float32)]))
+    return jax.tree.map(self._arrange, cohort)
+
+  def _rounds(self, server_state, client_states, rounds_key, store,
+              first_round, num_rounds, *, sampler, block, num_steps):
+    def run(carry, r):
+      cohort = self._device_cohort(sampler.on_device(r), store)
+      server_state, client_states, metrics = self._round(
+          *carry, cohort, jax.random.fold_in(rounds_key, r), store,
+          num_steps=num_steps)
+      return (server_state, client_states), metrics
+
+    carry = (server_state, client_states)
+    metrics_shape = jax.eval_shape(run, carry, first_round)[1]
+
+    def step(carry, i):
+      # A real conditional (not vmapped), so skipped rounds cost nothing.
+      return jax.lax.cond(
+          i < num_rounds, lambda c: run(c, first_round + i),
+          lambda c: (c, jax.tree.map(
+              lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)), carry)
+
+    (server_state, client_states), metrics = jax.lax.scan(
+        step, carry, jnp.arange(block))
+    return server_state, client_states, metrics
 
   def _round(self, server_state, client_states, cohort, round_key, store, *,
              num_steps):
@@ -234,21 +364,24 @@ class Round:
         train_keys = jax.vmap(
             lambda k: jax.random.fold_in(k, data_lib.TRAIN_STREAM))(
                 chunk['keys'])
-        return vmapped(server_state, chunk['states'], batches, mask,
-                       train_keys)
+        outputs, new_states, metrics = vmapped(
+            server_state, chunk['states'], batches, mask, train_keys)
+        metrics = _sum_metrics(metrics, chunk['client_mask'])
+        metrics[UTILIZATION] = _step_utilization(mask, chunk['client_mask'])
+        return outputs, new_states, metrics
 
       first = jax.tree.map(lambda x: x[0], chunks)
       out_shape = jax.eval_shape(
-          lambda c: jax.tree.map(lambda x: x[0], run_chunk(c)), first)
+          lambda c: jax.tree.map(lambda x: x[0], run_chunk(c)[:2]), first)
+      metrics_shape = jax.eval_shape(lambda c: run_chunk(c)[2], first)
       acc0 = (algo.aggregator.init(out_shape[0]),
-              jax.tree.map(jnp.zeros_like, out_shape[2]))
+              jax.tree.map(jnp.zeros_like, metrics_shape))
 
       def body(acc, chunk):
         outputs, new_states, metrics = run_chunk(chunk)
         agg_acc, metric_acc = acc
         agg_acc = algo.aggregator.accumulate(agg_acc, outputs, chunk['weights'])
-        metric_acc = jax.tree.map(
-            jnp.add, metric_acc, _sum_metrics(metrics, chunk['client_mask']))
+        metric_acc = jax.tree.map(jnp.add, metric_acc, metrics)
         return (agg_acc, metric_acc), new_states
 
       acc, new_states = chunked(body, acc0, chunks, self.num_chunks)

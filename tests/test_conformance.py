@@ -484,3 +484,36 @@ def test_client_state_table_gather_and_scatter(synthetic_train):
     assert int(metrics['clients']) == len(ids)
     np.testing.assert_array_equal(np.asarray(table['rounds']), start + counts)
   assert int(server_state.round) == len(cohorts)
+
+
+# ------------------------------------------------------------ fused rounds
+
+
+@pytest.mark.parametrize('batching', [BATCHING, EPOCHS_BATCHING],
+                         ids=['steps', 'epochs'])
+def test_fused_rounds_equal_rounds_driven_from_python(case, batching,
+                                                      synthetic_train, model):
+  # run_rounds samples, plans and trains on the device; with the same
+  # sampler and keys it must match round-by-round calls. With local epochs
+  # it pads every round to the dataset's largest client, which by (b)
+  # changes nothing.
+  name, algorithm = case
+  rnd = _round(name, algorithm, synthetic_train, batching=batching).round
+  sampler = fe.sampling.uniform(num_clients=synthetic_train.num_clients,
+                                clients_per_round=CLIENTS_PER_ROUND,
+                                key=jax.random.key(3))
+  key = jax.random.key(4)
+  state = _initial_state(algorithm, model)
+  history = []
+  for r in range(3):
+    state, _, metrics = rnd(state, (), rnd.select(sampler(r)),
+                            jax.random.fold_in(key, r))
+    history.append(jax.device_get(metrics))
+  fused, _, stacked = rnd.run_rounds(_initial_state(algorithm, model), (),
+                                     sampler, key, first_round=0,
+                                     num_rounds=3, block=4)
+  _assert_trees_close(fused, state)
+  for r, metrics in enumerate(history):
+    for metric in ('train_loss', 'clients'):
+      np.testing.assert_allclose(stacked[metric][r], metrics[metric],
+                                 rtol=RTOL, atol=ATOL, err_msg=metric)

@@ -464,9 +464,11 @@ def test_host_gather_matches_engine_device_loader():
   keys = data.client_keys(key, chunk['client_ids'])
   batches, mask = jax.jit(lambda s, c, k: loader(s, c, k, 4))(
       d.to_device(), chunk, keys)
-  np.testing.assert_array_equal(np.asarray(mask), host.example_mask)
+  # The loader is step-major: [S, C, B, ...].
+  np.testing.assert_array_equal(np.asarray(mask).swapaxes(0, 1),
+                                host.example_mask)
   m = host.example_mask
   for name in d.features:
-    np.testing.assert_array_equal(np.asarray(batches[name])[m],
-                                  host.batches[name][m])
+    np.testing.assert_array_equal(
+        np.asarray(batches[name]).swapaxes(0, 1)[m], host.batches[name][m])
 

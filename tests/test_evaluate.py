@@ -63,11 +63,10 @@ def _expected(d):
 
 
 @functools.lru_cache(maxsize=None)
-def _evaluator(batch_size, client_chunk_size, devices):
+def _evaluator(batch_size, devices):
   """A compiled evaluator on ``_data()``, shared by tests (compiles once)."""
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ('clients',))
-  return fe.make_evaluate(_model(), _data(), batch_size=batch_size,
-                          client_chunk_size=client_chunk_size, mesh=mesh)
+  return fe.make_evaluate(_model(), _data(), batch_size=batch_size, mesh=mesh)
 
 
 ALL = len(jax.devices())
@@ -88,27 +87,32 @@ def test_expected_values_are_not_trivial():
   assert 0.0 < e['accuracy'] < 1.0
 
 
-@pytest.mark.parametrize('batch_size, client_chunk_size', [
-    (2, None), (1, 1), (3, 2), (16, None),
-])
-def test_matches_numpy(batch_size, client_chunk_size):
-  evaluate = _evaluator(batch_size, client_chunk_size, ALL)
+@pytest.mark.parametrize('batch_size', [1, 2, 3, 16, 1024])
+def test_matches_numpy(batch_size):
+  # Batch sizes that split clients across batches, pad the last batch, and
+  # exceed the data (capped).
+  evaluate = _evaluator(batch_size, ALL)
   assert isinstance(evaluate, fe.Evaluator)
   _check(evaluate(_params()), _expected(_data()))
 
 
-@pytest.mark.parametrize('client_chunk_size', [1, None])
-def test_one_device_mesh(client_chunk_size):
-  evaluate = _evaluator(2, client_chunk_size, 1)
+@pytest.mark.parametrize('batch_size', [1, 5, 1024])
+def test_one_device_mesh(batch_size):
+  evaluate = _evaluator(batch_size, 1)
   assert evaluate.mesh.devices.size == 1
   _check(evaluate(_params()), _expected(_data()))
+
+
+def test_batches_are_capped_by_the_data_not_padded_up():
+  assert _evaluator(1024, 1).batch_size == sum(SIZES)
+  assert _evaluator(1024, 1).batches_per_device == 1
 
 
 def test_all_devices_mesh_equals_one_device():
   if ALL < 2:
     pytest.skip('needs several devices (conftest forces 4 CPU devices)')
-  a = _evaluator(2, 1, 1)(_params())
-  b = _evaluator(2, None, ALL)(_params())
+  a = _evaluator(2, 1)(_params())
+  b = _evaluator(2, ALL)(_params())
   for name in a:
     np.testing.assert_allclose(float(a[name]), float(b[name]), rtol=1e-6,
                                err_msg=name)
@@ -127,7 +131,7 @@ def test_empty_clients_excluded_from_per_client_average():
   compact = fe.FederatedData.from_clients(
       {k: d.client(k) for k in nonempty})
   assert compact.num_clients == d.num_clients - 2
-  a = _evaluator(4, None, ALL)(_params())
+  a = _evaluator(4, ALL)(_params())
   b = fe.make_evaluate(_model(), compact, batch_size=4)(_params())
   for name in a:
     np.testing.assert_allclose(float(a[name]), float(b[name]), rtol=1e-6,
@@ -135,7 +139,7 @@ def test_empty_clients_excluded_from_per_client_average():
 
 
 def test_params_are_an_argument_not_baked_in():
-  evaluate = _evaluator(4, None, ALL)
+  evaluate = _evaluator(4, ALL)
   first = evaluate(_params())
   zero = evaluate({'kernel': jnp.zeros((2, 3)), 'bias': jnp.zeros(3)})
   # Zero logits: loss log(3) for every example, sq_norm 0.
@@ -146,6 +150,13 @@ def test_params_are_an_argument_not_baked_in():
   again = evaluate(_params())
   for name in first:
     assert float(first[name]) == float(again[name])
+
+
+@pytest.mark.parametrize('batch_size', [0, -1, 2.5])
+def test_bad_batch_size_is_refused_clearly(batch_size):
+  with pytest.raises(ValueError, match=f'batch_size must be a positive '
+                     f'integer, got {batch_size}'):
+    fe.make_evaluate(_model(), _data(), batch_size=batch_size)
 
 
 def test_dataset_without_examples_is_refused_clearly():

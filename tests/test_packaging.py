@@ -99,7 +99,8 @@ def test_pyproject_declares_namespaced_packages():
 
 PUBLIC = [
     'tree', 'Aggregator', 'weighted_mean', 'Algorithm', 'Mean', 'RoundInfo',
-    'ServerState', 'local_training', 'masked_loss', 'server_optimizer_step',
+    'ServerState', 'local_training', 'masked_loss', 'over_steps',
+    'server_optimizer_step', 'sampling',
     'Batching', 'Cohort', 'DeviceData', 'FederatedData', 'Model', 'accuracy',
     'from_linen', 'from_nnx', 'softmax_cross_entropy', 'Round', 'make_round',
     'Evaluator', 'make_evaluate', 'models', 'algorithms', 'datasets',
