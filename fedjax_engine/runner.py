@@ -55,6 +55,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    weighting: str = 'examples', gather: str = 'device',
                    eval_batch_size: int = 1024, output_dir: str | None = None,
                    rounds_per_call: int = 10,
+                   profile_dir: str | None = None,
                    progress: bool = True) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
@@ -76,6 +77,8 @@ def run_experiment(algorithm: Algorithm, model: Model,
       Metrics are written after each call, and each of its rounds is given
       the call's wall time divided by its rounds. 1 drives every round from
       Python.
+    profile_dir: if set, a JAX profiler trace of the second call (the
+      first one compiles) is written there; see the README's "Profiling".
     progress: show a progress bar on stderr.
   """
   if num_rounds < 0:
@@ -118,12 +121,16 @@ def run_experiment(algorithm: Algorithm, model: Model,
       history.append(record)
       if sink:
         sink.write(json.dumps(record) + '\n')
-    r = 0
+    r = calls = 0
     while r < num_rounds:
       n = 1
       if fused:
         to_eval = eval_every - r % eval_every if eval_every else num_rounds
         n = min(rounds_per_call, num_rounds - r, to_eval)
+      # The second call, or the first when it is the only one.
+      profiling = profile_dir and (calls == 1 or n == num_rounds)
+      if profiling:
+        jax.profiler.start_trace(profile_dir)
       start = time.perf_counter()
       if fused:
         server_state, client_states, metrics = rnd.run_rounds(
@@ -138,6 +145,10 @@ def run_experiment(algorithm: Algorithm, model: Model,
         per_round = [metrics]
       records = [{'round': r + i + 1, **_to_python(m)}
                  for i, m in enumerate(per_round)]
+      if profiling:
+        jax.block_until_ready((server_state, client_states))
+        jax.profiler.stop_trace()
+      calls += 1
       seconds = (time.perf_counter() - start) / n
       for record in records:
         record['seconds'] = seconds
