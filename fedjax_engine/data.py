@@ -125,7 +125,7 @@ class FederatedData:
 
   def to_device(self, sharding=None) -> 'DeviceData':
     """Places the store on the device(s) once (replicated by ``sharding``)."""
-    put = lambda x: jax.device_put(x, sharding)
+    put = lambda x: put_global(x, sharding)
     return DeviceData(
         features={n: put(v) for n, v in self.features.items()},
         starts=put(self.offsets[:-1].astype(np.int32)),
@@ -137,6 +137,28 @@ class DeviceData(NamedTuple):
   features: Mapping[str, Array]
   starts: Array   # [K] int32, first row of each client
   sizes: Array    # [K] int32
+
+
+def put_global(tree, sharding):
+  """``jax.device_put`` of host arrays that every process holds in full.
+
+  On devices of several processes, ``jax.device_put`` first all-gathers a
+  host value to check that every process passed the same one: the whole
+  example store at start and the cohort every round (6 s for a 300 MiB
+  store and 35 ms for a 2 MiB cohort, measured with 2 CPU processes). The
+  engine builds the same host data on every process from the same seed and
+  flags, so here each process copies its own devices' shards and nothing
+  crosses processes. Within one process this is ``jax.device_put``.
+
+  Example:
+
+    >>> put_global(np.arange(3), None).tolist()
+    [0, 1, 2]
+  """
+  if sharding is None or sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda index: np.asarray(x)[index]), tree)
 
 
 class Batching(NamedTuple):

@@ -58,10 +58,10 @@ class Evaluator:
     owners = np.repeat(np.arange(data.num_clients, dtype=np.int32),
                        data.sizes)
     sharded = NamedSharding(self.mesh, P(simulate.AXIS))
-    self._batches = jax.device_put(
+    self._batches = data_lib.put_global(
         {name: layout(v) for name, v in data.features.items()}, sharded)
-    self._owners = jax.device_put(layout(owners), sharded)
-    self._mask = jax.device_put(layout(np.ones(n, bool)), sharded)
+    self._owners = data_lib.put_global(layout(owners), sharded)
+    self._mask = data_lib.put_global(layout(np.ones(n, bool)), sharded)
     self._jitted = jax.jit(self._evaluate)
 
   def __call__(self, params) -> dict:

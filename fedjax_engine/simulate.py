@@ -246,7 +246,7 @@ class Round:
       cohort = data_lib.gather_on_host(
           self.data, cohort, round_key, batching=self.batching,
           num_steps=num_steps)
-    cohort = jax.device_put(cohort, self._sharded)
+    cohort = data_lib.put_global(cohort, self._sharded)
     # States returned by a round are replicated over the mesh; placing the
     # first round's inputs the same way keeps one compiled program.
     server_state, client_states = jax.device_put(

@@ -11,17 +11,26 @@ Plug-ins load by module path: ``--algorithm=my_lab.my_method:build``.
 Output in ``--output_dir``: ``metrics.jsonl`` (one JSON object per round) and
 ``flags.txt``, which reruns the experiment: ``--flagfile=<dir>/flags.txt``.
 A bad flag value stops the program with one message and exit code 2.
+
+Several processes, on one machine or many, shard each round's cohort over all
+their devices when started with ``--coordinator_address``,
+``--num_processes`` and ``--process_id``; ``python -m fedjax_engine.launch``
+starts them on this machine.
 """
 
+import hashlib
 import inspect
 import logging as py_logging
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from fedjax_engine import data as data_lib
 from fedjax_engine import datasets
@@ -68,12 +77,27 @@ flags.DEFINE_enum('gather', 'device', ['device', 'host'], 'Gather batches on '
 flags.DEFINE_string('output_dir', None, 'Where metrics.jsonl and flags.txt '
                     'go.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
-flags.DEFINE_integer('cpu_devices', 1, 'JAX CPU devices to shard the '
-                     'cohort over when running on CPU. XLA:CPU runs small '
-                     'per-client ops on one core; one device per core uses '
-                     'them all (1.9-2.3x for the MLP on 2 cores), but on a '
-                     'loaded machine XLA:CPU can abort a cross-device '
-                     'all-reduce after 40 s, so it is opt-in.')
+flags.DEFINE_integer('cpu_devices', 0, 'JAX CPU devices to shard the '
+                     'cohort over when running on CPU; 0: one per core. '
+                     'XLA:CPU runs small per-client ops on one core, so one '
+                     'device per core is what uses them all.')
+flags.DEFINE_integer('rounds_per_call', 10, 'Rounds run in one compiled call '
+                     '(sampling and batching on the device, no Python between '
+                     'them; metrics are written after each call). 1: every '
+                     'round from Python, as is every round with '
+                     '--gather=host.')
+flags.DEFINE_string('profile_dir', None, 'Write a JAX profiler trace of the '
+                    'second call (the first compiles) to this folder.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process runs: '
+                    'host:port of process 0, which every process joins '
+                    '(jax.distributed). `python -m fedjax_engine.launch` sets '
+                    'it for processes on this machine.')
+flags.DEFINE_integer('num_processes', 1, 'Multi-process runs: processes '
+                     'taking part; the cohort is sharded over all their '
+                     'devices.')
+flags.DEFINE_integer('process_id', 0, 'Multi-process runs: this process, in '
+                     '[0, --num_processes); only process 0 writes output and '
+                     'shows progress.')
 flags.DEFINE_string('data_dir', None, 'Folder holding the dataset\'s files '
                     '(default: the cache, $FEDJAX_ENGINE_DATA or '
                     '~/.cache/fedjax_engine, downloading into it).')
@@ -147,6 +171,8 @@ def _build():
          f'--eval_every must be >= 0, got {FLAGS.eval_every}.')
   _check(FLAGS.eval_batch_size >= 1,
          f'--eval_batch_size must be >= 1, got {FLAGS.eval_batch_size}.')
+  _check(FLAGS.rounds_per_call >= 1,
+         f'--rounds_per_call must be >= 1, got {FLAGS.rounds_per_call}.')
   _check(FLAGS.client_chunk_size is None or FLAGS.client_chunk_size >= 1,
          f'--client_chunk_size must be >= 1, got {FLAGS.client_chunk_size}.')
   _check(FLAGS.local_steps is None or FLAGS.local_epochs is None,
@@ -202,38 +228,143 @@ def _build():
   return algorithm, model, train, test, batching
 
 
-def _quiet_backend_probing():
-  """Silences JAX's backend search ("Unable to initialize backend 'tpu'").
+def _quiet_jax_startup():
+  """Silences JAX's start-up INFO logs: the backend search ("Unable to
+  initialize backend 'tpu'") and the multi-process connection messages.
 
-  It is logged at INFO on xla_bridge's Python logger, which absl's verbosity
-  does not always filter; it shows again with --verbosity=1 or more.
+  They are logged on JAX's Python loggers, which absl's verbosity does not
+  always filter; they show again with --verbosity=1 or more.
   """
   if logging.get_verbosity() < 1:
-    py_logging.getLogger('jax._src.xla_bridge').setLevel(py_logging.WARNING)
+    for name in ('jax._src.xla_bridge', 'jax._src.distributed'):
+      py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
+# XLA:CPU aborts a cross-device all-reduce whose devices have not all
+# arrived after 20 + 40 s; on a loaded machine one device's thread can be
+# starved that long, so the CLI waits instead (seconds).
+_CPU_COLLECTIVE_TIMEOUT = 3600
 
 
 def _set_cpu_devices():
   """Must run before JAX creates its CPU backend (the first device query)."""
   count = FLAGS.cpu_devices
-  _check(count >= 1, f'--cpu_devices must be >= 1, got {count}.')
+  _check(count >= 0, f'--cpu_devices must be >= 0 (0: one per core), got '
+         f'{count}.')
+  count = count or os.cpu_count() or 1
   jax.config.update('jax_num_cpu_devices', count)
+  xla_flags = os.environ.get('XLA_FLAGS', '')
+  if count > 1 and 'collective_call_terminate_timeout' not in xla_flags:
+    os.environ['XLA_FLAGS'] = (
+        f'{xla_flags} --xla_cpu_collective_call_terminate_timeout_seconds='
+        f'{_CPU_COLLECTIVE_TIMEOUT}').strip()
+
+
+def _init_distributed():
+  """Joins the other processes; must run before JAX creates its backends.
+
+  Every process loads the same data and draws the same cohorts from the same
+  seed, so no data crosses processes: each trains its shard of the cohort and
+  the round's all-reduce combines them.
+  """
+  count, index = FLAGS.num_processes, FLAGS.process_id
+  _check(count >= 1, f'--num_processes must be >= 1, got {count}.')
+  _check(0 <= index < count, f'--process_id must lie in [0, {count}) '
+         f'(--num_processes={count}), got {index}.')
+  if count == 1:
+    return
+  address = FLAGS.coordinator_address
+  _check(address, '--num_processes > 1 needs --coordinator_address=host:port '
+         '(process 0\'s).')
+  host, _, port = address.rpartition(':')
+  _check(host and port.isdigit(), '--coordinator_address must be host:port, '
+         f'got {address!r}.')
+  # Gloo over TCP carries the CPU backend's cross-process all-reduce; it
+  # must be chosen before the backend exists. Other backends ignore it.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=address,
+                             num_processes=count, process_id=index)
+
+
+# How the processes of a run find each other.
+_LAYOUT_FLAGS = ('coordinator_address', 'num_processes', 'process_id')
+# Flags that may differ between the processes of one run: the rest define the
+# experiment, which every process must build identically.
+_PER_PROCESS_FLAGS = frozenset(_LAYOUT_FLAGS + ('output_dir', 'progress',
+                                                'data_dir', 'download'))
+
+
+def _check_same_flags():
+  """Stops every process unless all were given the same experiment flags.
+
+  Each process builds the round's whole cohort from its own flags and trains
+  its shard; a process with another seed would silently train other clients,
+  and one with more rounds would wait forever at an all-reduce.
+  """
+  module = sys.modules[__name__]
+  names = sorted(f.name for f in FLAGS.get_flags_for_module(module)
+                 if f.name not in _PER_PROCESS_FLAGS)
+  digests = np.stack([np.frombuffer(hashlib.sha256(
+      repr(FLAGS[n].value).encode()).digest()[:8], np.uint8) for n in names])
+  every = multihost_utils.process_allgather(digests)  # [processes, flags, 8]
+  differ = [n for i, n in enumerate(names)
+            if (every[:, i] != every[0, i]).any()]
+  _check(not differ, 'every process needs the same flags, but these differ '
+         'between them: ' + ', '.join(f'--{n}' for n in differ) + '.')
+
+
+def _exit(code):
+  """Exits with ``code``; in a multi-process run, at once.
+
+  ``sys.exit`` would run jax.distributed's shutdown barrier, where a process
+  that fails alone waits for peers that wait for it in their next all-reduce
+  until the barrier times out (5 minutes, measured). Exiting at once closes
+  its connections, so the peers' all-reduces fail at once too.
+  """
+  if jax.distributed.is_initialized():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  sys.exit(code)
+
+
+def _main_exiting_on_error(argv):
+  """``main``, with an unexpected error in a multi-process run ending the
+  process at once (see :func:`_exit`)."""
+  try:
+    main(argv)
+  except Exception:  # pylint: disable=broad-except
+    if not jax.distributed.is_initialized():
+      raise
+    traceback.print_exc()
+    _exit(1)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}', exitcode=2)
-  _quiet_backend_probing()
+  _quiet_jax_startup()
   try:
     _set_cpu_devices()
+    _init_distributed()
+    if FLAGS.num_processes > 1:
+      _check_same_flags()
     algorithm, model, train, test, batching = _build()
   except (UsageError, ValueError, FileNotFoundError,
           download.DownloadError) as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  if FLAGS.output_dir:
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    with open(os.path.join(FLAGS.output_dir, 'flags.txt'), 'w') as f:
-      f.write(FLAGS.flags_into_string())
+    _exit(2)
+  # Every process computes the same metrics; one writes them.
+  lead = jax.process_index() == 0
+  output_dir = FLAGS.output_dir if lead else None
+  if output_dir:
+    os.makedirs(output_dir, exist_ok=True)
+    # Without the process layout, the file reruns the experiment in one
+    # process, or in several through fedjax_engine.launch.
+    lines = FLAGS.flags_into_string().splitlines(keepends=True)
+    with open(os.path.join(output_dir, 'flags.txt'), 'w') as f:
+      f.writelines(l for l in lines
+                   if l.split('=')[0].lstrip('-') not in _LAYOUT_FLAGS)
   try:
     history = runner.run_experiment(
         algorithm, model, train, test, batching=batching,
@@ -241,19 +372,21 @@ def main(argv):
         num_rounds=FLAGS.num_rounds, eval_every=FLAGS.eval_every,
         seed=FLAGS.seed, client_chunk_size=FLAGS.client_chunk_size,
         weighting=FLAGS.weighting, gather=FLAGS.gather,
-        eval_batch_size=FLAGS.eval_batch_size, output_dir=FLAGS.output_dir,
-        progress=FLAGS.progress)
+        eval_batch_size=FLAGS.eval_batch_size, output_dir=output_dir,
+        rounds_per_call=FLAGS.rounds_per_call,
+        profile_dir=FLAGS.profile_dir if lead else None,
+        progress=FLAGS.progress and lead)
   except UsageError as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _exit(2)
   final = history[-1] if history else {}
   shown = {k: round(v, 4) for k, v in final.items()
            if k.startswith('test_') and isinstance(v, float)}
   seconds = sum(h.get('seconds', 0.0) for h in history)
   print(f'{len(history)} rounds in {seconds:.1f} s on {jax.device_count()} '
         f'{jax.default_backend()} device(s); final: {shown}')
-  if FLAGS.output_dir:
-    print(f'metrics: {os.path.join(FLAGS.output_dir, "metrics.jsonl")}')
+  if output_dir:
+    print(f'metrics: {os.path.join(output_dir, "metrics.jsonl")}')
 
 
 def _parse_flags(argv):
@@ -268,7 +401,7 @@ def _parse_flags(argv):
 def run():
   # Show warnings and up unless --verbosity asks for more.
   FLAGS.set_default('verbosity', logging.WARNING)
-  app.run(main, flags_parser=_parse_flags)
+  app.run(_main_exiting_on_error, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -70,7 +70,8 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
                ['--algorithm=fedsgd', '--server_lr=0.5'],
                ['--local_epochs=1'],
                ['--model=mlp', '--client_chunk_size=2'],
-               ['--cpu_devices=2']):
+               ['--cpu_devices=2'], ['--rounds_per_call=1'],
+               ['--gather=host']):
     result = _train(*_without(SMALL, args), '--num_rounds=2', *args,
                     cwd=tmp_path)
     assert result.returncode == 0, (args, result.stderr)
@@ -88,6 +89,8 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
     (['--server_optimizer=rmsprop'], '--server_optimizer=rmsprop'),
     (['--model=char_lstm'],
      '--model=char_lstm does not take the examples of --dataset=synthetic'),
+    (['--rounds_per_call=0'], '--rounds_per_call must be >= 1, got 0'),
+    (['--cpu_devices=-1'], '--cpu_devices must be >= 0'),
     (['--algorithm=no_such_module:build'],
      "cannot import algorithm plug-in module 'no_such_module'"),
 ])
@@ -165,3 +168,10 @@ def test_cli_zoo_model_on_real_data(tmp_path, dataset, folder, model):
   assert result.returncode == 0, result.stderr
   record = _read_jsonl(out / 'metrics.jsonl')[-1]
   assert 0.0 <= record['test_accuracy'] <= 1.0
+
+
+def test_cli_profile_dir_gets_a_trace(tmp_path):
+  result = _train(*SMALL, '--num_rounds=2', '--rounds_per_call=1',
+                  f'--profile_dir={tmp_path / "trace"}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert list((tmp_path / 'trace').rglob('*.xplane.pb'))
