@@ -11,13 +11,10 @@ regression on the same data, about 69% (../shared/data/README.md).
 """
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
-import tempfile
-import time
+
+import cli_run
 
 
 def main():
@@ -36,32 +33,14 @@ def main():
            '--client_lr=0.0316', '--clients_per_round=10',
            f'--num_rounds={args.rounds}', f'--eval_every={args.eval_every}',
            '--noprogress']
-  with tempfile.TemporaryDirectory() as out_dir:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, '-m', 'fedjax_engine.train', *flags,
-                    f'--output_dir={out_dir}'], check=True)
-    wall = time.perf_counter() - start
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-      records = [json.loads(line) for line in f]
+  records, wall = cli_run.run_cli(flags)
   curve = [(r['round'], r['test_accuracy'], r['test_accuracy_per_client'])
            for r in records if 'test_accuracy' in r]
-  seconds = [r['seconds'] for r in records]
-  result = dict(
-      flags=flags, wall_seconds=wall,
-      first_round_seconds=seconds[0],
-      median_round_seconds=sorted(seconds)[len(seconds) // 2],
-      curve=curve, final_test_accuracy=curve[-1][1],
-      machine=dict(cpu_count=os.cpu_count(), python=platform.python_version(),
-                   date=time.strftime('%Y-%m-%d')))
+  result = dict(flags=flags, curve=curve, final_test_accuracy=curve[-1][1])
   for r, acc, per_client in curve:
     print(f'round {r:4d}: test accuracy {acc:.4f} (per client '
           f'{per_client:.4f})')
-  print(f'{len(records)} rounds in {wall:.0f} s wall; median round '
-        f"{result['median_round_seconds']:.2f} s")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, 'w') as f:
-    json.dump(result, f, indent=1)
-  print(f'wrote {args.out}')
+  cli_run.save(result, records, wall, args.out)
 
 
 if __name__ == '__main__':

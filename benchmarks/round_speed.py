@@ -17,11 +17,13 @@ Measured for every (model, clients per round):
   one jitted SGD step is called per local step, the client's delta is pulled
   to numpy and averaged there, and a jitted server update applies the mean.
 
-Before any timing, the naive round's params after one round are asserted
-equal to the engine's (default chunk size) on the same cohort and key, so
-both sides do the same work.
+The default-K engine row and the naive row save their params after round 0
+(same cohort, key and initial params); they must agree (``harness.py``'s
+``compare_params``), so both sides do the same work.
 
-Method: every configuration runs in a fresh subprocess, so its compile cache
+Workloads and runners live in ``workloads.py``, the measurement in
+``harness.py`` (shared with ``suite.py``). Method: every configuration runs
+in a fresh subprocess, so its compile cache
 is cold and its peak RSS (``VmHWM`` in /proc/self/status) is its own; the RSS
 after imports and data generation is recorded too, so the peak can be read as
 a delta. In a subprocess: round 0 is timed as "first round (incl. compile)",
@@ -49,362 +51,21 @@ Writes ``benchmarks/results/round_speed.json`` and prints a markdown table.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import resource
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NUM_CLIENTS = 1000
-BATCH_SIZE = 20
-LOCAL_STEPS = 10
-CLIENT_LR = 0.05
-SERVER_LR = 1.0
-SEED = 0
+if HERE not in sys.path:
+  sys.path.insert(0, HERE)
+
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+import workloads as wl  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 MODELS = ('logistic', 'mlp')
-
-
-# --------------------------------------------------------------------------
-# Workload (imported lazily so the parent process stays light).
-# --------------------------------------------------------------------------
-
-def build(model_name):
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  import fedjax_engine as fe  # pylint: disable=g-import-not-at-top
-  train, _ = fe.datasets.synthetic(alpha=1, beta=1, num_clients=NUM_CLIENTS,
-                                   seed=SEED)
-  if model_name == 'logistic':
-    model = fe.models.logistic_regression(num_features=60, num_classes=10)
-  elif model_name == 'mlp':
-    model = fe.models.mlp(num_features=60, num_classes=10)
-  else:
-    raise ValueError(f'unknown model {model_name!r}')
-  client_opt = optax.sgd(CLIENT_LR)
-  server_opt = optax.sgd(SERVER_LR)
-  algo = fe.algorithms.fedavg(model, client_optimizer=client_opt,
-                              server_optimizer=server_opt)
-  batching = fe.Batching(batch_size=BATCH_SIZE, local_steps=LOCAL_STEPS)
-  params = model.init(jax.random.key(SEED))
-  return train, model, algo, batching, params, client_opt
-
-
-def cohorts(num_rounds, clients_per_round):
-  """The same sequence of distinct-client cohorts for every configuration."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(1234)
-  return [np.sort(rng.choice(NUM_CLIENTS, clients_per_round, replace=False))
-          for _ in range(num_rounds)]
-
-
-def plan_kwargs(fn, data):
-  """``max_size=...`` for index-plan functions that take it.
-
-  The sort-based plan of earlier engine versions padded every client to the
-  dataset's bucketed largest size; the sort-free plan has no such argument.
-  """
-  import inspect  # pylint: disable=g-import-not-at-top
-  from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
-  fn = getattr(fn, '__wrapped__', fn)
-  if 'max_size' in inspect.signature(fn).parameters:
-    return dict(max_size=data_lib.bucket(int(data.sizes.max(initial=1))))
-  return {}
-
-
-class EngineRunner:
-  """Runs rounds of ``fe.make_round``."""
-
-  def __init__(self, model_name, clients_per_round, chunk, gather='device'):
-    import jax  # pylint: disable=g-import-not-at-top
-    import fedjax_engine as fe  # pylint: disable=g-import-not-at-top
-    train, _, algo, batching, params, _ = build(model_name)
-    self.rnd = fe.make_round(algo, train, clients_per_round=clients_per_round,
-                             batching=batching, client_chunk_size=chunk,
-                             gather=gather)
-    self.state = algo.init(params)
-    self.key = jax.random.key(SEED)
-
-  def prepare(self, r, ids):
-    """Untimed work before round ``r`` (none: the whole round is timed)."""
-
-  def round(self, r, ids):
-    import jax  # pylint: disable=g-import-not-at-top
-    cohort = self.rnd.select(ids)
-    self.state, _, metrics = self.rnd(self.state, (), cohort,
-                                      jax.random.fold_in(self.key, r))
-    jax.block_until_ready((self.state, metrics))
-
-  @property
-  def params(self):
-    return self.state.params
-
-
-class EngineComputeRunner(EngineRunner):
-  """Diagnostic: the engine's compiled round alone, without plan and gather.
-
-  The cohort's batches are planned and gathered on the host and placed on
-  the device *before* the timer starts; the timed part is the compiled
-  round program (local training, aggregation, server update) on those
-  batches. Uses the Round's private ``_jitted``; the difference to the full
-  engine rows is the cost of the index plan and the gather.
-  """
-
-  def __init__(self, model_name, clients_per_round, chunk):
-    super().__init__(model_name, clients_per_round, chunk, gather='host')
-    self._prepared = None
-
-  def prepare(self, r, ids):
-    import jax  # pylint: disable=g-import-not-at-top
-    from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
-    from fedjax_engine import simulate  # pylint: disable=g-import-not-at-top
-    from fedjax_engine import tree  # pylint: disable=g-import-not-at-top
-    rnd = self.rnd
-    if rnd.chunk_size is None:
-      rnd.chunk_size = simulate.default_chunk_size(
-          tree.size(self.state.params), rnd.per_device)
-    key = jax.random.fold_in(self.key, r)
-    cohort = rnd.select(ids)
-    num_steps = rnd.num_steps(cohort)
-    cohort = data_lib.gather_on_host(
-        rnd.data, cohort, key, batching=rnd.batching, num_steps=num_steps,
-        **plan_kwargs(data_lib.gather_on_host, rnd.data))
-    cohort = jax.device_put(cohort, rnd._sharded)  # pylint: disable=protected-access
-    self._prepared = jax.block_until_ready((cohort, key, num_steps))
-
-  def round(self, r, ids):
-    import jax  # pylint: disable=g-import-not-at-top
-    rnd = self.rnd
-    cohort, key, num_steps = self._prepared
-    state = self.state
-    if hasattr(rnd, '_replicated'):
-      state = jax.device_put(state, rnd._replicated)  # pylint: disable=protected-access
-    self.state, _, metrics = rnd._jitted(  # pylint: disable=protected-access
-        state, (), cohort, key, None, num_steps=num_steps)
-    jax.block_until_ready((self.state, metrics))
-
-
-class NaiveRunner:
-  """One jitted SGD step per client per local step, called from Python."""
-
-  def __init__(self, model_name, clients_per_round):
-    import jax  # pylint: disable=g-import-not-at-top
-    import optax  # pylint: disable=g-import-not-at-top
-    import fedjax_engine as fe  # pylint: disable=g-import-not-at-top
-    from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
-    train, model, algo, batching, params, client_opt = build(model_name)
-    self.data = train
-    self.batching = batching
-    self.plan_kwargs = plan_kwargs(data_lib.gather_on_host, train)
-    self.num_padded = clients_per_round
-    self.key = jax.random.key(SEED)
-    self.state = algo.init(params)
-    self.server_update = jax.jit(algo.server_update)
-    self.client_opt = client_opt
-
-    def loss_fn(p, batch, mask):
-      return fe.masked_loss(model, p, batch, mask, None)
-
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-
-    @jax.jit
-    def step(p, opt_state, batch, mask):
-      grads, loss = grad_fn(p, batch, mask)
-      updates, opt_state = client_opt.update(grads, opt_state, p)
-      return optax.apply_updates(p, updates), opt_state, loss
-
-    self.step = step
-
-  def prepare(self, r, ids):
-    """Untimed work before round ``r`` (none: the whole round is timed)."""
-
-  def round(self, r, ids):
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
-    round_key = jax.random.fold_in(self.key, r)
-    cohort = data_lib.select(self.data, ids, num_padded=len(ids))
-    cohort = data_lib.gather_on_host(
-        self.data, cohort, round_key, batching=self.batching,
-        num_steps=LOCAL_STEPS, **self.plan_kwargs)
-    xs, ys, masks = cohort.batches['x'], cohort.batches['y'], cohort.example_mask
-    server_params = self.state.params
-    server_np = jax.tree.map(np.asarray, server_params)
-    total = jax.tree.map(np.zeros_like, server_np)
-    total_weight = 0.0
-    for i in range(len(ids)):
-      p = server_params
-      opt_state = self.client_opt.init(p)
-      for s in range(LOCAL_STEPS):
-        p, opt_state, _ = self.step(p, opt_state, {'x': xs[i, s], 'y': ys[i, s]},
-                                    masks[i, s])
-      w = float(cohort.weights[i])
-      total = jax.tree.map(lambda t, sv, cp: t + w * (sv - np.asarray(cp)),
-                           total, server_np, p)
-      total_weight += w
-    mean_delta = jax.tree.map(lambda t: t / total_weight, total)
-    info = fe_round_info(len(ids), total_weight)
-    self.state = self.server_update(self.state, mean_delta, info)
-    jax.block_until_ready(self.state)
-
-  @property
-  def params(self):
-    return self.state.params
-
-
-def fe_round_info(num_clients, total_weight):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import fedjax_engine as fe  # pylint: disable=g-import-not-at-top
-  return fe.RoundInfo(num_clients=jnp.asarray(num_clients, jnp.int32),
-                      total_weight=jnp.asarray(total_weight, jnp.float32))
-
-
-def make_runner(cfg):
-  if cfg['impl'] == 'naive':
-    return NaiveRunner(cfg['model'], cfg['clients'])
-  if cfg['impl'] == 'engine_compute':
-    return EngineComputeRunner(cfg['model'], cfg['clients'], cfg['chunk'])
-  return EngineRunner(cfg['model'], cfg['clients'], cfg['chunk'],
-                      gather=cfg.get('gather', 'device'))
-
-
-def rss_mib():
-  """Peak RSS of this process image so far, MiB.
-
-  ``VmHWM`` from /proc/self/status: unlike ``getrusage``'s ``ru_maxrss``,
-  which a child inherits from its parent across fork and exec, the
-  high-water mark belongs to the exec'd image, so it is this worker's own.
-  """
-  try:
-    with open('/proc/self/status') as f:
-      for line in f:
-        if line.startswith('VmHWM:'):
-          return int(line.split()[1]) / 1024.0
-  except OSError:
-    pass
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cpu_busy_s():
-  """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
-  with open('/proc/stat') as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  tick = os.sysconf('SC_CLK_TCK')
-  idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
-  busy = (sum(fields[:8]) - idle) / tick   # user..steal, without guest
-  own = resource.getrusage(resource.RUSAGE_SELF)
-  return busy, own.ru_utime + own.ru_stime
-
-
-def current_rss_mib():
-  with open('/proc/self/statm') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
-# --------------------------------------------------------------------------
-# Worker: one configuration in a fresh process.
-# --------------------------------------------------------------------------
-
-def run_config(cfg, *, min_rounds, max_rounds, time_budget):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  c = cfg['clients']
-  t0 = time.perf_counter()
-  runner = make_runner(cfg)
-  setup_s = time.perf_counter() - t0
-  base_rss = current_rss_mib()
-  all_cohorts = cohorts(2 + max_rounds, c)
-
-  runner.prepare(0, all_cohorts[0])
-  t0 = time.perf_counter()
-  runner.round(0, all_cohorts[0])
-  first_s = time.perf_counter() - t0
-  runner.prepare(1, all_cohorts[1])
-  t0 = time.perf_counter()
-  runner.round(1, all_cohorts[1])
-  warmup_s = time.perf_counter() - t0
-
-  times = []
-  busy0, own0 = cpu_busy_s()
-  start = time.perf_counter()
-  for r in range(2, 2 + max_rounds):
-    if len(times) >= min_rounds and time.perf_counter() - start > time_budget:
-      break
-    runner.prepare(r, all_cohorts[r])
-    t0 = time.perf_counter()
-    runner.round(r, all_cohorts[r])
-    times.append(time.perf_counter() - t0)
-  wall = time.perf_counter() - start
-  busy1, own1 = cpu_busy_s()
-  # Share of the machine's CPU time used by other processes while timing.
-  # /proc/stat counts in clock ticks (10 ms): too coarse under half a second.
-  others = (min(max(busy1 - busy0 - (own1 - own0), 0.0)
-                / (wall * os.cpu_count()), 1.0) if wall >= 0.5 else None)
-  times = np.asarray(times)
-  mean = float(times.mean())
-  out = dict(cfg)
-  chunk_used = None
-  if cfg['impl'] != 'naive':
-    chunk_used = runner.rnd.chunk_size
-  out.update(
-      chunk_used=chunk_used,
-      setup_s=setup_s,
-      first_round_s=first_s,
-      warmup_round_s=warmup_s,
-      compile_s_est=max(first_s - float(np.median(times)), 0.0),
-      rounds_timed=int(times.size),
-      round_s_mean=mean,
-      round_s_median=float(np.median(times)),
-      round_s_min=float(times.min()),
-      round_s_std=float(times.std()),
-      examples_per_s=c * LOCAL_STEPS * BATCH_SIZE / mean,
-      rss_after_setup_mib=base_rss,
-      peak_rss_mib=rss_mib(),
-      # Fraction of all cores' time that OTHER processes used while the
-      # rounds were timed (from /proc/stat minus this process's CPU time):
-      # 0 on a quiet machine; 0.5 on 2 cores = one core taken by others.
-      other_cpu_frac=others,
-      load_avg_1m=os.getloadavg()[0],
-  )
-  return out
-
-
-def worker_main(args):
-  cfg = json.loads(args.worker)
-  out = run_config(cfg, min_rounds=args.min_rounds, max_rounds=args.max_rounds,
-                   time_budget=args.time_budget)
-  with open(args.worker_out, 'w') as f:
-    json.dump(out, f)
-
-
-# --------------------------------------------------------------------------
-# Parent: equality check, then every configuration in its own subprocess.
-# --------------------------------------------------------------------------
-
-def check_equal_work(model_name, clients_per_round):
-  """Naive and engine (default chunk) params after one round match."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  ids = cohorts(1, clients_per_round)[0]
-  engine = EngineRunner(model_name, clients_per_round, None)
-  naive = NaiveRunner(model_name, clients_per_round)
-  start = jax.tree.map(np.asarray, engine.params)
-  engine.round(0, ids)
-  naive.round(0, ids)
-  got, want = (jax.tree.map(np.asarray, naive.params),
-               jax.tree.map(np.asarray, engine.params))
-  moved = max(float(np.abs(w - s).max()) for w, s in
-              zip(jax.tree.leaves(want), jax.tree.leaves(start)))
-  assert moved > 1e-3, 'the round did not change the params'
-  worst = 0.0
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
-    worst = max(worst, float(np.max(np.abs(g - w) / (np.abs(w) + 1e-6))))
-  return dict(model=model_name, clients=clients_per_round,
-              max_rel_err=worst, max_param_change=moved)
 
 
 def plan_cost(clients_per_round, repeats=5):
@@ -413,90 +74,26 @@ def plan_cost(clients_per_round, repeats=5):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import fedjax_engine as fe  # pylint: disable=g-import-not-at-top
   from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
-  train, _ = fe.datasets.synthetic(alpha=1, beta=1, num_clients=NUM_CLIENTS,
-                                   seed=SEED)
-  batching = fe.Batching(batch_size=BATCH_SIZE, local_steps=LOCAL_STEPS)
-  kwargs = plan_kwargs(data_lib.plan_cohort, train)
+  train = wl.synthetic(wl.NUM_CLIENTS)
+  batching = fe.Batching(batch_size=wl.BATCH_SIZE, local_steps=wl.LOCAL_STEPS)
+  kwargs = wl.plan_kwargs(data_lib.plan_cohort, train)
   starts = jnp.asarray(train.offsets[:-1], jnp.int32)
   sizes = jnp.asarray(train.sizes, jnp.int32)
   times = []
-  for r, ids in enumerate(cohorts(repeats + 1, clients_per_round)):
+  for r, ids in enumerate(wl.cohorts(wl.NUM_CLIENTS, clients_per_round,
+                                     repeats + 1)):
     cohort = data_lib.select(train, ids, num_padded=clients_per_round)
     t0 = time.perf_counter()
     out = data_lib.plan_cohort(
         jax.random.fold_in(jax.random.key(0), r),
         jnp.asarray(cohort.client_ids), jnp.asarray(cohort.client_mask),
-        starts, sizes, batching=batching, num_steps=LOCAL_STEPS,
+        starts, sizes, batching=batching, num_steps=wl.LOCAL_STEPS,
         **kwargs)
     jax.block_until_ready(out)
     if r:
       times.append(time.perf_counter() - t0)
   return dict(clients=clients_per_round, max_size=kwargs.get('max_size'),
               plan_s=sum(times) / len(times))
-
-
-def engine_version():
-  """Git commit of the checkout and a digest of uncommitted engine changes."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(HERE)
-  def git(*argv):
-    try:
-      return subprocess.run(('git', '-C', root) + argv, capture_output=True,
-                            text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-      return None
-  commit = git('rev-parse', '--short', 'HEAD')
-  diff = git('diff', 'HEAD', '--', 'fedjax_engine', 'algorithms', 'datasets')
-  return dict(
-      commit=commit.strip() if commit else None,
-      uncommitted_engine_changes=(
-          hashlib.sha1(diff.encode()).hexdigest()[:10] if diff else None))
-
-
-def machine_info():
-  import jax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor() or 'unknown'
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          cpu = line.split(':', 1)[1].strip()
-          break
-  except OSError:
-    pass
-  try:
-    with open('/proc/meminfo') as f:
-      mem_gib = int(f.readline().split()[1]) / 2**20
-  except (OSError, ValueError, IndexError):
-    mem_gib = None
-  return dict(
-      cpu=cpu, cores=os.cpu_count(),
-      affinity=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
-      else None,
-      mem_gib=mem_gib, python=platform.python_version(),
-      jax=jax.__version__, jaxlib=jaxlib.__version__,
-      backend=jax.default_backend(), devices=len(jax.devices()),
-      date=datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec='seconds'),
-      load_avg_start=os.getloadavg(),
-      xla_flags=os.environ.get('XLA_FLAGS', ''),
-      engine=engine_version())
-
-
-def run_subprocess(cfg, args):
-  with tempfile.NamedTemporaryFile(suffix='.json', delete=False) as f:
-    path = f.name
-  cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(cfg),
-         '--worker_out', path, '--min_rounds', str(cfg['min_rounds']),
-         '--max_rounds', str(cfg['max_rounds']),
-         '--time_budget', str(cfg['time_budget'])]
-  try:
-    subprocess.run(cmd, check=True)
-    with open(path) as f:
-      return json.load(f)
-  finally:
-    os.unlink(path)
 
 
 def label(r):
@@ -600,11 +197,7 @@ def main():
                  'beforehand (default K), to separate plan+gather cost')
   p.add_argument('--out', default=os.path.join(HERE, 'results',
                                                'round_speed.json'))
-  p.add_argument('--worker', help=argparse.SUPPRESS)
-  p.add_argument('--worker_out', help=argparse.SUPPRESS)
   args = p.parse_args()
-  if args.worker:
-    return worker_main(args)
 
   if args.quick:
     args.models, args.clients = 'logistic', '10'
@@ -613,85 +206,100 @@ def main():
       {int(k) for k in args.extra_chunks.split(',') if k}, reverse=True)
   models = args.models.split(',')
   clients = [int(c) for c in args.clients.split(',')]
-  info = machine_info()
-  print(f"# {info['cpu']}, {info['cores']} cores, jax {info['jax']} "
-        f"({info['backend']}), {info['date']}, load avg {info['load_avg_start']}"
-        f", engine {info['engine']}", flush=True)
+  info = harness.machine_info()
+  print(f'# {harness.describe_machine(info)}', flush=True)
 
-  checks = []
-  if not args.skip_check:
-    for model in models:
-      for c in clients:
-        checks.append(check_equal_work(model, c))
-        print(f'equal-work check {model} C={c}: OK (max rel err '
-              f"{checks[-1]['max_rel_err']:.1e})", flush=True)
   plans = [plan_cost(c) for c in clients]
   for pc in plans:
     print(f"index plan alone, C={pc['clients']}: {pc['plan_s'] * 1e3:.1f} ms "
           + (f"(max_size={pc['max_size']})" if pc['max_size'] else ''),
           flush=True)
 
-  results = []
+  results, checks = [], []
+  scratch = tempfile.mkdtemp(prefix='round_speed_params_')
   t_all = time.perf_counter()
-  for model in models:
-    for c in clients:
-      cfgs = [dict(impl='engine', chunk=None), dict(impl='engine', chunk=1),
-              dict(impl='engine', chunk=c),
-              dict(impl='engine', chunk=None, gather='host'),
-              dict(impl='naive', chunk=None)]
-      for k in args.extra_chunks:
-        if 1 < k < c:
-          cfgs.insert(3, dict(impl='engine', chunk=k))
-      if args.breakdown:
-        cfgs.insert(len(cfgs) - 1, dict(impl='engine_compute', chunk=None))
-      seen = set()
-      for cfg in cfgs:
-        key = (cfg['impl'], cfg['chunk'], cfg.get('gather'))
-        if key in seen:   # C=1: K=1 and K=all coincide
-          continue
-        seen.add(key)
-        cfg.update(model=model, clients=c)
-        slow_naive = cfg['impl'] == 'naive' and c >= 1000
-        cfg['min_rounds'] = 2 if slow_naive else args.min_rounds
-        cfg['max_rounds'] = 2 if slow_naive else args.max_rounds
-        cfg['time_budget'] = args.time_budget
-        r = run_subprocess(cfg, args)
-        results.append(r)
-        print(f"{model:8s} C={c:5d} {label(r):32s} "
-              f"{r['round_s_mean']:.4f} s/round ({r['rounds_timed']} rounds), "
-              f"first {r['first_round_s']:.2f} s, peak RSS "
-              f"{r['peak_rss_mib']:.0f} MiB, other procs' CPU "
-        + (f"{100 * r['other_cpu_frac']:.0f}%"
-           if r['other_cpu_frac'] is not None else 'n/a'),
-        flush=True)
+  try:
+    for model in models:
+      for c in clients:
+        cfgs = [dict(impl='engine', chunk=None), dict(impl='engine', chunk=1),
+                dict(impl='engine', chunk=c),
+                dict(impl='engine', chunk=None, gather='host'),
+                dict(impl='naive', chunk=None)]
+        for k in args.extra_chunks:
+          if 1 < k < c:
+            cfgs.insert(3, dict(impl='engine', chunk=k))
+        if args.breakdown:
+          cfgs.insert(len(cfgs) - 1, dict(impl='engine_compute', chunk=None))
+        # The default engine row and the naive row save their params after
+        # round 0, compared below (the equal-work check).
+        check_paths = {}
+        seen = set()
+        for cfg in cfgs:
+          key = (cfg['impl'], cfg['chunk'], cfg.get('gather'))
+          if key in seen:   # C=1: K=1 and K=all coincide
+            continue
+          seen.add(key)
+          slow_naive = cfg['impl'] == 'naive' and c >= 1000
+          checked = (not args.skip_check and cfg['chunk'] is None
+                     and cfg['impl'] in ('engine', 'naive')
+                     and cfg.get('gather', 'device') == 'device')
+          if checked:
+            check_paths[cfg['impl']] = os.path.join(
+                scratch, f"{model}_{c}_{cfg['impl']}.npz")
+          cfg.update(
+              kind='round', model=model, workload=f'synthetic_{model}',
+              clients=c, num_clients=wl.NUM_CLIENTS, devices=None,
+              min_rounds=2 if slow_naive else args.min_rounds,
+              max_rounds=2 if slow_naive else args.max_rounds,
+              time_budget=args.time_budget,
+              params_out=check_paths.get(cfg['impl']) if checked else None)
+          r = harness.run_worker(cfg)
+          r.pop('params_out', None)
+          if 'error' in r:
+            raise RuntimeError(f'{model} C={c} {label(r)}: {r["error"]}')
+          results.append(r)
+          print(f"{model:8s} C={c:5d} {label(r):32s} "
+                f"{r['round_s_mean']:.4f} s/round ({r['rounds_timed']} rounds),"
+                f" first {r['first_round_s']:.2f} s, peak RSS "
+                f"{r['peak_rss_mib']:.0f} MiB, other procs' CPU "
+                f'{harness.fmt_others(r)}', flush=True)
+        if len(check_paths) == 2:
+          check = dict(model=model, clients=c,
+                       **harness.compare_params(check_paths['naive'],
+                                                check_paths['engine']))
+          checks.append(check)
+          print(f"equal-work check {model} C={c}: "
+                f"{'OK' if check['ok'] else 'MISMATCH'} (|difference| / "
+                f"|update| = {check['rel_update_err']:.1e})", flush=True)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
   info['load_avg_end'] = os.getloadavg()
   info['benchmark_wall_s'] = time.perf_counter() - t_all
+  for key in ('backend', 'device_kind', 'devices'):
+    info[key] = results[0].get(key) if results else None
 
   lines, verdicts = verdict(results)
+  if any(not c['ok'] for c in checks):
+    lines.append('- EQUAL-WORK CHECK FAILED for: ' + ', '.join(
+        f"{c['model']} C={c['clients']}" for c in checks if not c['ok']))
   md = table(results)
   print()
-  print(f"Machine: {info['cpu']}, {info['cores']} cores, {info['mem_gib']:.0f} "
-        f"GiB, jax/jaxlib {info['jax']}/{info['jaxlib']} ({info['backend']}, "
-        f"{info['devices']} device(s)), "
-        f"{info['date']}; engine commit {info['engine']['commit']}"
-        + (f" + uncommitted changes {info['engine']['uncommitted_engine_changes']}"
-           if info['engine']['uncommitted_engine_changes'] else '')
-        + f"; load avg start {info['load_avg_start']}, end "
-        f"{info['load_avg_end']}")
+  print(f"Machine: {harness.describe_machine(info)}; {info['devices']} "
+        'device(s)')
   print()
   print(md)
   print()
   print('\n'.join(lines))
   print('\nNaive loop at C >= 1000: 2 timed rounds only (after 1 warm-up); '
         'other rows: rounds until the time budget, see "rounds".')
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, 'w') as f:
     json.dump(dict(
         workload=dict(dataset='synthetic(alpha=1, beta=1)',
-                      num_clients=NUM_CLIENTS, seed=SEED,
-                      batch_size=BATCH_SIZE, local_steps=LOCAL_STEPS,
-                      client_optimizer=f'sgd({CLIENT_LR})',
-                      server_optimizer=f'sgd({SERVER_LR})'),
+                      num_clients=wl.NUM_CLIENTS, seed=wl.SEED,
+                      batch_size=wl.BATCH_SIZE, local_steps=wl.LOCAL_STEPS,
+                      client_optimizer=f'sgd({wl.CLIENT_LR})',
+                      server_optimizer=f'sgd({wl.SERVER_LR})'),
         method=dict(
             isolation='one subprocess per configuration',
             first_round='round 0 wall time, includes tracing and compilation',
@@ -701,8 +309,11 @@ def main():
             min_rounds=args.min_rounds, max_rounds=args.max_rounds,
             time_budget_s=args.time_budget,
             peak_rss='VmHWM (/proc/self/status) of the subprocess',
-            equal_work_check='naive vs engine(default K) params after one '
-                             'round, rtol 1e-4, atol 1e-6'),
+            equal_work_check=(
+                'naive vs engine (default K) params after round 0 from the '
+                'same initial params: L2 norm of the difference at most '
+                f'{harness.CHECK_MAX_REL_UPDATE_ERR:g} x the L2 norm of the '
+                "round's update")),
         machine=info, checks=checks, plan_cost=plans, results=results,
         acceptance=verdicts, notes=lines), f, indent=1)
   print(f"\nwrote {args.out}")

@@ -41,10 +41,6 @@ Example (a tiny CIFAR-10 folder written on the spot):
 
 import os
 import pickle
-import posixpath
-import shutil
-import tarfile
-import tempfile
 
 import numpy as np
 
@@ -152,7 +148,7 @@ def _centralized(subdir, archive_name, folder_name, url, sha256, batches,
           f'{e} The extracted folder {os.path.join(data_dir, folder_name)} '
           'would do as well.') from e
     members = {f'{folder_name}/{n}': n for n in wanted}
-    for member, f in _iter_tar_members(archive, list(members)):
+    for member, f in _download.iter_archive(archive, list(members)):
       name = members[member]
       raw[name] = load_batch(f, f'{archive}:{member}', label_key, num_classes)
 
@@ -234,57 +230,6 @@ def load_batch(f, where: str, label_key: bytes, num_classes: int):
   return data, labels
 
 
-def _member_name(member: tarfile.TarInfo, archive: str) -> str:
-  name = member.name
-  while name.startswith('./'):
-    name = name[2:]
-  parts = name.split('/')
-  if name.startswith('/') or '..' in parts:
-    raise ValueError(f'{archive}: unsafe member name {member.name!r} '
-                     '(absolute or with ..); refusing the archive.')
-  return posixpath.normpath(name) if name else name
-
-
-def _iter_tar_members(archive: str, names, *, by_basename: bool = False):
-  """Yields ``(name, file)`` for each wanted member of a tar archive.
-
-  Only regular-file members whose normalized name (leading ``./`` removed;
-  with ``by_basename``, its last component) is in ``names`` are read, each
-  once, in archive order, streaming; nothing is written to disk, so a
-  member's name cannot choose where anything lands. Members with absolute
-  names or ``..`` make the archive refused.
-
-  Raises:
-    ValueError naming the archive when it cannot be read, a wanted member is
-    missing or not a regular file, or a member name is unsafe.
-  """
-  wanted = set(names)
-  found = set()
-  try:
-    with tarfile.open(archive, 'r|*') as tar:
-      for member in tar:
-        name = _member_name(member, archive)
-        if by_basename:
-          name = posixpath.basename(name)
-        if name not in wanted:
-          continue
-        if not member.isfile():
-          raise ValueError(f'{archive}: member {member.name!r} is not a '
-                           'regular file.')
-        if name in found:
-          raise ValueError(f'{archive}: member {name!r} appears twice.')
-        found.add(name)
-        f = tar.extractfile(member)
-        yield name, f
-  except (tarfile.TarError, EOFError, OSError) as e:
-    if isinstance(e, FileNotFoundError):
-      raise
-    raise ValueError(f'{archive}: cannot read the archive ({e}).') from e
-  missing = sorted(wanted - found)
-  if missing:
-    raise ValueError(f'{archive}: missing member(s) {missing}.')
-
-
 def fed_cifar100(*, label_mode: str = 'fine', data_dir: str | None = None,
                  download: bool = True):
   """TensorFlow Federated's federated CIFAR-100 (500 train, 100 test clients).
@@ -301,10 +246,9 @@ def fed_cifar100(*, label_mode: str = 'fine', data_dir: str | None = None,
     label_mode: ``'fine'``: ``y`` is the fine label (100 classes);
       ``'coarse'``: the superclass (20 classes).
     data_dir: a folder holding ``fed_cifar100_train.h5`` and
-      ``fed_cifar100_test.h5``, or ``fed_cifar100.tar.bz2`` (then the two
-      files are extracted into the cache folder ``<cache>/fed_cifar100/``,
-      never into ``data_dir``, again on every call: extract them once into
-      ``data_dir`` to skip that).
+      ``fed_cifar100_test.h5``, or ``fed_cifar100.tar.bz2`` (checked and
+      extracted beside itself, once); None: the cache folder
+      ``<cache>/fed_cifar100/``.
     download: allow downloading the archive into the cache.
 
   Returns:
@@ -321,55 +265,12 @@ def fed_cifar100(*, label_mode: str = 'fine', data_dir: str | None = None,
 
 
 def _fed_cifar100_paths(data_dir, download):
-  subdir = 'fed_cifar100'
-  if data_dir is not None:
-    local = {s: os.path.join(data_dir, n)
-             for s, n in FED_CIFAR100_FILES.items()}
-    if all(os.path.isfile(p) for p in local.values()):
-      return local
-  cached = {s: os.path.join(_download.cache_dir(), subdir, n)
-            for s, n in FED_CIFAR100_FILES.items()}
-  if data_dir is None and all(os.path.isfile(p) for p in cached.values()):
-    return cached
-  name = 'fed_cifar100.tar.bz2'
-  try:
-    archive = _download.resolve(
-        name if data_dir is not None else f'{subdir}/{name}',
-        url=FED_CIFAR100_URL, sha256=FED_CIFAR100_SHA256, data_dir=data_dir,
-        download=download)
-  except FileNotFoundError as e:
-    if data_dir is None:
-      raise
-    raise FileNotFoundError(
-        f'{e} Alternatively put {" and ".join(FED_CIFAR100_FILES.values())} '
-        f'in {data_dir}.') from e
-  _extract_members(archive,
-                   {n: cached[s] for s, n in FED_CIFAR100_FILES.items()})
-  return cached
-
-
-def _extract_members(archive: str, targets: dict):
-  """Extracts the members named in ``targets`` (name -> path) of ``archive``.
-
-  Each member is streamed to a temporary file beside its target and renamed
-  when complete; the target path comes from ``targets``, never from the
-  archive, and other members are not extracted. Members are matched by base
-  name, whatever folder the archive puts them in (see
-  :func:`_iter_tar_members`).
-  """
-  for name, f in _iter_tar_members(archive, list(targets), by_basename=True):
-    path = targets[name]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.partial-',
-                               suffix='-' + os.path.basename(path))
-    try:
-      with os.fdopen(fd, 'wb') as out:
-        shutil.copyfileobj(f, out, 1 << 20)
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+  names = [FED_CIFAR100_FILES['train'], FED_CIFAR100_FILES['test']]
+  train, test = _download.archive_files(
+      names, archive='fed_cifar100.tar.bz2', url=FED_CIFAR100_URL,
+      sha256=FED_CIFAR100_SHA256, cache_subdir='fed_cifar100',
+      data_dir=data_dir, download=download)
+  return {'train': train, 'test': test}
 
 
 def _client_order(ids):

@@ -33,15 +33,12 @@ ink, the inverse of MNIST. By default this loader keeps TFF's values
 (0.0 background), as FedJAX's ``fedjax/datasets/emnist.py`` does
 (``'x': 1 - examples['pixels']``); the inversion happens in place.
 
-Files: with ``data_dir`` the two ``.h5`` files are read from that folder and
-nothing is downloaded. Otherwise they are looked up in the cache
-(:func:`fedjax_engine.datasets.download.cache_dir`); when missing there the
-archive is downloaded into the cache (checked against TFF's pinned sha256
-before it is kept) and the two ``.h5`` files are extracted next to it. The
-extraction writes only the two expected file names, streamed from regular
-archive members into a temporary file and renamed when complete: no member
-name ever becomes a path, so links, absolute paths and ``..`` cannot escape
-the cache. The archive is kept in the cache.
+Files: :func:`fedjax_engine.datasets.download.archive_files` looks for the
+two ``.h5`` files in ``data_dir``, else in the cache folder
+``<cache>/emnist/``. When they are missing it takes the archive from the
+same folder (or, for the cache, downloads it there), checks it against
+TFF's pinned sha256 and extracts the two files beside it, all or nothing;
+no member name ever becomes a path. The archive is kept.
 
 Example (a tiny file in TFF's layout):
 
@@ -59,8 +56,6 @@ Example (a tiny file in TFF's layout):
 """
 
 import os
-import tarfile
-import tempfile
 
 import h5py
 import numpy as np
@@ -95,7 +90,8 @@ def emnist(*, only_digits: bool = False, invert: bool = False,
     only_digits: the digits-only files (labels 0-9) instead of all 62 classes.
     invert: return ``1 - pixels`` (0.0 background, as FedJAX) instead of
       TFF's values (1.0 background, the default).
-    data_dir: a folder holding the two ``.h5`` files; nothing is downloaded.
+    data_dir: a folder holding the two ``.h5`` files, or the archive
+      (checked and extracted beside itself); nothing is downloaded.
     download: when ``data_dir`` is None, allow downloading the archive into
       the cache.
 
@@ -119,76 +115,10 @@ def emnist(*, only_digits: bool = False, invert: bool = False,
 
 def _h5_paths(only_digits, data_dir, allow_download):
   prefix, url, sha256 = ARCHIVES[bool(only_digits)]
-  names = (prefix + '_train.h5', prefix + '_test.h5')
-  archive = url.rsplit('/', 1)[-1]
-  if data_dir is not None:
-    paths = []
-    for name in names:
-      try:
-        paths.append(download.resolve(name, url=None, sha256=None,
-                                      data_dir=data_dir))
-      except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f'{e} It is one of the two files inside {url}; extract that '
-            f'archive into {data_dir}.') from e
-    return tuple(paths)
-  cache = download.cache_dir()
-  paths = tuple(os.path.join(cache, name) for name in names)
-  if all(os.path.isfile(p) for p in paths):
-    return paths
-  try:
-    archive_path = download.resolve(archive, url=url, sha256=sha256,
-                                    data_dir=None, download=allow_download)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(
-        f'{" and ".join(names)} are not in the cache {cache}, and: {e}') from e
-  extract_members(archive_path, names, cache)
-  return paths
-
-
-def extract_members(archive_path: str, names, folder: str):
-  """Extracts the regular files called ``names`` from a tar archive.
-
-  Members are matched by their base name and streamed into ``folder/<name>``
-  through a temporary file renamed when complete; nothing else in the archive
-  is written, so member paths, links and devices are never followed.
-  """
-  wanted = set(names)
-  found = set()
-  try:
-    with tarfile.open(archive_path, 'r:*') as tar:
-      for member in tar:
-        base = member.name.rstrip('/').rsplit('/', 1)[-1]
-        if base not in wanted:
-          continue
-        if not member.isfile():
-          raise ValueError(f'{archive_path}: member {member.name!r} is not a '
-                           'regular file.')
-        if base in found:
-          raise ValueError(f'{archive_path}: holds {base} twice.')
-        _stream_member(tar, member, os.path.join(folder, base))
-        found.add(base)
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise ValueError(f'{archive_path} is not a readable tar archive '
-                     f'(truncated or corrupt? delete it to download it '
-                     f'again): {e}') from e
-  missing = sorted(wanted - found)
-  if missing:
-    raise ValueError(f'{archive_path} does not contain {", ".join(missing)}.')
-
-
-def _stream_member(tar, member, path):
-  source = tar.extractfile(member)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.partial-',
-                             suffix='-' + os.path.basename(path))
-  try:
-    with source, os.fdopen(fd, 'wb') as out:
-      for block in iter(lambda: source.read(download.CHUNK), b''):
-        out.write(block)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  return download.archive_files(
+      (prefix + '_train.h5', prefix + '_test.h5'),
+      archive=url.rsplit('/', 1)[-1], url=url, sha256=sha256,
+      cache_subdir='emnist', data_dir=data_dir, download=allow_download)
 
 
 def load_h5_pair(train_path: str, test_path: str, *, num_classes: int,

@@ -81,6 +81,7 @@ FEMNIST_IMAGE_SHAPE = (28, 28)
 SHAKESPEARE_SEQ_LEN = 80
 SENT140_MAX_LEN = 25
 SENT140_NUM_CLASSES = 2
+SENT140_VOCAB_SIZE = 10000
 
 # FedJAX's Shakespeare vocabulary, from the project's Shakespeare loader so
 # the two always agree: character i of the vocabulary has id 3 + i.
@@ -406,7 +407,8 @@ def sent140_words(text: str) -> list:
 
 def leaf_sent140(*, data_dir: str | None = None,
                  max_len: int = SENT140_MAX_LEN,
-                 vocab_size: int | None = 10000, return_vocab: bool = False):
+                 vocab_size: int | None = SENT140_VOCAB_SIZE,
+                 return_vocab: bool = False):
   """LEAF Sent140: tweet sentiment by Twitter user, 2 classes.
 
   Args:

@@ -23,7 +23,9 @@ as FedJAX's ``preprocess_client`` does (no transition lost at chunk ends).
 Targets equal to ``PAD`` are padding: models mask ``y == PAD`` out of the
 loss and accuracy.
 
-Files are found, fetched and read with :mod:`fedjax_engine.datasets.tff`.
+Files are found or fetched with
+:func:`fedjax_engine.datasets.download.archive_files` (cache folder
+``<cache>/shakespeare/``) and read with :mod:`fedjax_engine.datasets.tff`.
 
 Example:
 
@@ -40,6 +42,7 @@ from typing import Sequence
 import numpy as np
 
 from fedjax_engine.data import FederatedData
+from fedjax_engine.datasets import download as download_lib
 from fedjax_engine.datasets import tff
 
 # TFF tutorial "Federated Learning for Text Generation" character list, also
@@ -217,7 +220,8 @@ def shakespeare(*, sequence_length: int = 80, packing: str = 'snippet',
       client's streams are joined and ``x``, ``y`` are the stream and the
       stream shifted by one, cut into rows of ``sequence_length``.
     data_dir: a folder holding ``shakespeare_train.h5`` and
-      ``shakespeare_test.h5`` (or ``shakespeare.tar.bz2``); None: the cache.
+      ``shakespeare_test.h5``, or ``shakespeare.tar.bz2`` (checked and
+      extracted beside itself); None: the cache.
     download: allow downloading ``shakespeare.tar.bz2`` into the cache.
 
   Returns:
@@ -251,8 +255,9 @@ def shakespeare(*, sequence_length: int = 80, packing: str = 'snippet',
                      f'{sequence_length!r}.')
   if packing not in PACKINGS:
     raise ValueError(f'packing must be one of {PACKINGS}, got {packing!r}.')
-  paths = tff.tff_files(FILES, archive=ARCHIVE, url=URL, sha256=SHA256,
-                    data_dir=data_dir, download_ok=download)
+  paths = download_lib.archive_files(
+      FILES, archive=ARCHIVE, url=URL, sha256=SHA256,
+      cache_subdir='shakespeare', data_dir=data_dir, download=download)
   client_ids = tff.union_client_ids(paths)
   return tuple(_load_split(p, client_ids, int(sequence_length), packing)
                for p in paths)

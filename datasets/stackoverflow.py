@@ -50,6 +50,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from fedjax_engine.data import FederatedData
+from fedjax_engine.datasets import download as download_lib
 from fedjax_engine.datasets import tff
 
 PAD = 0
@@ -62,6 +63,7 @@ NUM_RESERVED = 3
 URL = 'https://storage.googleapis.com/tff-datasets-public/stackoverflow.tar.bz2'
 SHA256 = '99eca2f8b8327a09e5fc123979df2d237acbc5e52322f6d86bf523ee47b961a2'
 ARCHIVE = 'stackoverflow.tar.bz2'
+CACHE_SUBDIR = 'stackoverflow'   # <cache>/stackoverflow/ holds all the files
 FILES = ('stackoverflow_train.h5', 'stackoverflow_test.h5')
 WORD_COUNT = 'stackoverflow.word_count'
 WORD_COUNT_ARCHIVE = 'stackoverflow.word_count.tar.bz2'
@@ -101,9 +103,10 @@ def load_words(vocab_size: int = 10000, *, data_dir: str | None = None,
                download: bool = True) -> list[bytes]:
   """The ``vocab_size`` most frequent words (the first lines of the file)."""
   _check_positive('vocab_size', vocab_size)
-  (path,) = tff.tff_files(
+  (path,) = download_lib.archive_files(
       [WORD_COUNT], archive=WORD_COUNT_ARCHIVE, url=WORD_COUNT_URL,
-      sha256=WORD_COUNT_SHA256, data_dir=data_dir, download_ok=download)
+      sha256=WORD_COUNT_SHA256, cache_subdir=CACHE_SUBDIR, data_dir=data_dir,
+      download=download)
   words = []
   with open(path, 'rb') as f:
     for number, line in enumerate(itertools.islice(f, vocab_size), 1):
@@ -125,9 +128,10 @@ def load_tags(num_tags: int = 500, *, data_dir: str | None = None,
               download: bool = True) -> list[bytes]:
   """The ``num_tags`` most frequent tags (ties keep the file's order)."""
   _check_positive('num_tags', num_tags)
-  (path,) = tff.tff_files(
+  (path,) = download_lib.archive_files(
       [TAG_COUNT], archive=TAG_COUNT_ARCHIVE, url=TAG_COUNT_URL,
-      sha256=TAG_COUNT_SHA256, data_dir=data_dir, download_ok=download)
+      sha256=TAG_COUNT_SHA256, cache_subdir=CACHE_SUBDIR, data_dir=data_dir,
+      download=download)
   try:
     with open(path, 'rb') as f:
       counts = json.load(f)
@@ -298,8 +302,9 @@ def _load_tags_split(path, client_ids, word_table, tag_table, vocab_size,
 
 
 def _data_files(data_dir, download):
-  return tff.tff_files(FILES, archive=ARCHIVE, url=URL, sha256=SHA256,
-                       data_dir=data_dir, download_ok=download)
+  return download_lib.archive_files(
+      FILES, archive=ARCHIVE, url=URL, sha256=SHA256,
+      cache_subdir=CACHE_SUBDIR, data_dir=data_dir, download=download)
 
 
 def stackoverflow_nwp(*, vocab_size: int = 10000, sequence_length: int = 20,

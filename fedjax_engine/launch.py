@@ -57,24 +57,31 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-# Where a line's text starts inside a chunk: after a newline or a carriage
-# return, unless another one or the chunk's end follows.
-_LINE_START = re.compile(rb'(?<=[\r\n])(?![\r\n]|\Z)')
+# A line ends at a newline or a carriage return (a progress bar redrawing).
+_LINE = re.compile(rb'[^\r\n]*[\r\n]')
 
 
 def _relay(stream, prefix: bytes, lock: threading.Lock):
   """Copies a child's output to our stdout, ``prefix`` before every line.
 
-  A carriage return also starts a line, so a progress bar redrawing itself
-  keeps its prefix.
+  Only whole lines are written, each under the lock, so lines of different
+  processes never interleave mid-line; a carriage return also ends a line,
+  so a progress bar redrawing itself keeps its prefix.
   """
-  at_line_start = True
+  pending = b''
   while chunk := os.read(stream.fileno(), 65536):
-    lead = prefix if at_line_start and chunk[:1] not in b'\r\n' else b''
-    text = lead + _LINE_START.sub(prefix, chunk)
-    at_line_start = chunk.endswith((b'\n', b'\r'))
+    pending += chunk
+    lines = _LINE.findall(pending)
+    pending = pending[sum(map(len, lines)):]
+    if lines:
+      with lock:
+        sys.stdout.buffer.write(b''.join(
+            line if line in (b'\n', b'\r') else prefix + line
+            for line in lines))
+        sys.stdout.buffer.flush()
+  if pending:
     with lock:
-      sys.stdout.buffer.write(text)
+      sys.stdout.buffer.write(prefix + pending + b'\n')
       sys.stdout.buffer.flush()
   stream.close()
 

@@ -59,9 +59,15 @@ DATASETS: Mapping[str, DatasetEntry] = {
     'emnist_digits': DatasetEntry(
         functools.partial(datasets.emnist, only_digits=True), num_classes=10),
     'leaf_femnist': DatasetEntry(datasets.leaf_femnist, num_classes=62),
+    'leaf_shakespeare': DatasetEntry(datasets.leaf_shakespeare,
+                                     num_classes=90),
+    'leaf_sent140': DatasetEntry(datasets.leaf_sent140, num_classes=2),
     'shakespeare': DatasetEntry(datasets.shakespeare, num_classes=90),
     'stackoverflow_nwp': DatasetEntry(datasets.stackoverflow_nwp,
                                       num_classes=10004),
+    # Multi-label: num_classes is the number of tags (TFF's default 500).
+    'stackoverflow_tags': DatasetEntry(datasets.stackoverflow_tags,
+                                       num_classes=500),
     'fed_cifar100': DatasetEntry(datasets.fed_cifar100, num_classes=100),
     'mnist': DatasetEntry(datasets.mnist, num_classes=10, centralized=True),
     'fashion_mnist': DatasetEntry(datasets.fashion_mnist, num_classes=10,
@@ -84,6 +90,11 @@ def _flat(shape):
 # pad, end and out-of-vocabulary targets, as TFF and FedJAX report it.
 _EOS = 2
 
+# The model factories see only shapes and class counts; a word model needs
+# the vocabulary size that leaf_sent140 uses by default.
+_SENT140_VOCAB_SIZE = importlib.import_module(
+    'fedjax_engine.datasets.leaf').SENT140_VOCAB_SIZE
+
 MODELS: Mapping[str, Callable] = {
     'logistic': lambda *, input_shape, num_classes: models.logistic_regression(
         num_features=_flat(input_shape), num_classes=num_classes),
@@ -95,6 +106,14 @@ MODELS: Mapping[str, Callable] = {
         num_classes=num_classes),
     'char_lstm': lambda *, input_shape, num_classes: models.char_lstm(
         vocab_size=num_classes, accuracy_exclude=(_EOS,)),
+    # LEAF's Shakespeare: only the character after each window (y [B]).
+    'char_lstm_last': lambda *, input_shape, num_classes: models.char_lstm(
+        vocab_size=num_classes, last_only=True),
+    'sent140_lstm': lambda *, input_shape, num_classes: models.sent140_lstm(
+        vocab_size=_SENT140_VOCAB_SIZE, num_classes=num_classes),
+    'multilabel_logistic': lambda *, input_shape, num_classes: (
+        models.multilabel_logistic_regression(
+            num_features=_flat(input_shape), num_labels=num_classes)),
     'stackoverflow_lstm': lambda *, input_shape, num_classes: (
         models.stackoverflow_lstm(vocab_size=num_classes,
                                   accuracy_exclude=(_EOS, num_classes - 1))),

@@ -385,18 +385,20 @@ class Round:
         return (agg_acc, metric_acc), new_states
 
       acc, new_states = chunked(body, acc0, chunks, self.num_chunks)
-      acc = jax.lax.psum(acc, AXIS)
+      # The round's facts ride on the same all-reduce: one per round.
+      info = RoundInfo(
+          num_clients=jnp.sum(per_client['client_mask'].astype(jnp.int32)),
+          total_weight=jnp.sum(per_client['weights']))
+      acc = jax.lax.psum((acc, info), AXIS)
       return acc, merge_chunks(new_states)
 
     client_spec = jax.tree.map(lambda _: P(AXIS), per_client)
-    (agg_acc, metric_sums), new_states = jax.shard_map(
+    ((agg_acc, metric_sums), info), new_states = jax.shard_map(
         on_device, mesh=self.mesh,
         in_specs=(P(), client_spec, P()),
         out_specs=(P(), P(AXIS)), check_vma=False)(
             server_state, per_client, store)
 
-    info = RoundInfo(num_clients=jnp.sum(cohort.client_mask),
-                     total_weight=jnp.sum(cohort.weights))
     server_state = algo.server_update(
         server_state, algo.aggregator.finalize(agg_acc), info)
     if stateful:

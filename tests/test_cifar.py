@@ -406,19 +406,20 @@ def fed_archive(folder, prefix=''):
 
 
 @pytest.mark.parametrize('prefix', ['', './', 'fed_cifar100/'])
-def test_fed_cifar100_from_archive_extracts_into_cache(tmp_path, monkeypatch,
-                                                       prefix):
+def test_fed_cifar100_from_archive_extracts_beside_it(tmp_path, monkeypatch,
+                                                      prefix):
   data_dir = tmp_path / 'data'
-  fed_archive(str(data_dir), prefix)
+  archive = fed_archive(str(data_dir), prefix)
+  monkeypatch.setattr(cifar_lib, 'FED_CIFAR100_SHA256',
+                      download.sha256_of(archive))
   before = sorted(os.listdir(data_dir))
-  cache = tmp_path / 'cache'
-  monkeypatch.setenv(download.CACHE_ENV, str(cache))
   check_fed(*cifar_lib.fed_cifar100(data_dir=str(data_dir)))
-  assert sorted(os.listdir(data_dir)) == before       # nothing written there
-  assert sorted(os.listdir(cache / 'fed_cifar100')) == [
-      'fed_cifar100_test.h5', 'fed_cifar100_train.h5']  # only wanted members
-  # The extracted files now serve the cache path, without any download.
-  check_fed(*cifar_lib.fed_cifar100(download=False))
+  # Only the wanted members, beside the archive, whatever folder they had.
+  assert sorted(os.listdir(data_dir)) == sorted(
+      before + ['fed_cifar100_test.h5', 'fed_cifar100_train.h5'])
+  # The extracted files now serve, even without the archive.
+  os.remove(archive)
+  check_fed(*cifar_lib.fed_cifar100(data_dir=str(data_dir)))
 
 
 def test_fed_cifar100_download_into_cache(tmp_path, monkeypatch, file_server):
@@ -455,6 +456,8 @@ def test_fed_cifar100_archive_with_duplicate_member(tmp_path, monkeypatch):
   members['copy/fed_cifar100_test.h5'] = members['fed_cifar100_test.h5']
   archive = write_tar(str(tmp_path / 'fed_cifar100.tar.bz2'), members,
                       mode='w:bz2')
+  monkeypatch.setattr(cifar_lib, 'FED_CIFAR100_SHA256',
+                      download.sha256_of(archive))
   with pytest.raises(ValueError, match='appears twice') as e:
     cifar_lib.fed_cifar100(data_dir=str(tmp_path))
   assert archive in str(e.value)
@@ -464,6 +467,8 @@ def test_fed_cifar100_archive_missing_member(tmp_path, monkeypatch):
   monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / 'cache'))
   archive = write_tar(str(tmp_path / 'fed_cifar100.tar.bz2'),
                       {'fed_cifar100_train.h5': b'x'}, mode='w:bz2')
+  monkeypatch.setattr(cifar_lib, 'FED_CIFAR100_SHA256',
+                      download.sha256_of(archive))
   with pytest.raises(ValueError, match='missing member') as e:
     cifar_lib.fed_cifar100(data_dir=str(tmp_path))
   assert archive in str(e.value) and 'fed_cifar100_test.h5' in str(e.value)

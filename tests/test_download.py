@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from fedjax_engine.datasets import download
+from test_cifar import write_tar
 
 BODY = b'fedjax-engine test payload\n' * 100        # 2,700 bytes
 BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
@@ -288,3 +289,99 @@ def test_downloaded_file_follows_the_umask(tmp_path, monkeypatch):
   finally:
     os.umask(umask)
   assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------------------
+# Archives: one extractor for every loader.
+
+def test_extract_matches_base_names_and_writes_only_them(tmp_path):
+  archive = write_tar(str(tmp_path / 'a.tar.bz2'), {
+      './x.h5': b'X', 'nested/y.h5': b'Y', 'README': b'unwanted'}, 'w:bz2')
+  out = tmp_path / 'out'
+  paths = download.extract(archive, ['y.h5', 'x.h5'], str(out))
+  assert paths == [str(out / 'y.h5'), str(out / 'x.h5')]
+  assert (out / 'x.h5').read_bytes() == b'X'
+  assert _files(out) == ['x.h5', 'y.h5']     # no README, no scratch
+
+
+def test_extract_is_all_or_nothing(tmp_path):
+  archive = write_tar(str(tmp_path / 'a.tar.bz2'), {'x.h5': b'X'}, 'w:bz2')
+  with pytest.raises(ValueError, match=r'a\.tar\.bz2: missing member\(s\) '
+                     r'y\.h5 \(it holds x\.h5\)'):
+    download.extract(archive, ['x.h5', 'y.h5'], str(tmp_path / 'out'))
+  assert _files(tmp_path / 'out') == []      # x.h5 was not kept
+  # Cut inside the second member's data: the first is not kept either.
+  blob = bytes(range(256)) * 200
+  archive = write_tar(str(tmp_path / 'b.tar'), {'x.h5': blob, 'y.h5': blob},
+                      'w')
+  with open(archive, 'r+b') as f:
+    f.truncate(len(blob) + 2048)
+  with pytest.raises(ValueError, match=r'b\.tar: cannot read the archive'):
+    download.extract(archive, ['x.h5', 'y.h5'], str(tmp_path / 'out'))
+  assert _files(tmp_path / 'out') == []
+
+
+@pytest.mark.parametrize('bad_name', ['../x.h5', '/abs/x.h5',
+                                      'data/../../x.h5'])
+def test_unsafe_member_names_refuse_the_archive(tmp_path, bad_name):
+  (tmp_path / 'deep').mkdir()
+  archive = write_tar(str(tmp_path / 'deep' / 'a.tar'),
+                      {'y.h5': b'Y', bad_name: b'evil'}, 'w')
+  with pytest.raises(ValueError, match='unsafe member name') as e:
+    download.extract(archive, ['x.h5', 'y.h5'], str(tmp_path / 'deep' / 'out'))
+  assert archive in str(e.value)
+  assert _files(tmp_path) == [os.path.join('deep', 'a.tar')]
+
+
+def test_links_and_duplicates_are_refused(tmp_path):
+  archive = write_tar(str(tmp_path / 'a.tar'),
+                      {'x.h5': ('symlink', '/etc/passwd')}, 'w')
+  with pytest.raises(ValueError, match="member 'x.h5' is not a regular file"):
+    download.extract(archive, ['x.h5'], str(tmp_path / 'out'))
+  archive = write_tar(str(tmp_path / 'b.tar'),
+                      {'x.h5': b'1', 'copy/x.h5': b'2'}, 'w')
+  with pytest.raises(ValueError, match="member 'x.h5' appears twice"):
+    download.extract(archive, ['x.h5'], str(tmp_path / 'out'))
+  assert not (tmp_path / 'out' / 'x.h5').exists()
+
+
+def test_archive_files_download_extract_then_offline(file_server, cache):
+  root, url = file_server
+  archive = write_tar(str(root / 'pub.tar.bz2'), {'x.h5': b'X', 'y.h5': b'Y'},
+                      'w:bz2')
+  kwargs = dict(archive='pub.tar.bz2', url=url + 'pub.tar.bz2',
+                sha256=download.sha256_of(archive), cache_subdir='pub',
+                progress=False)
+  paths = download.archive_files(['x.h5', 'y.h5'], **kwargs)
+  assert paths == [str(cache / 'pub' / 'x.h5'), str(cache / 'pub' / 'y.h5')]
+  assert _files(cache) == [os.path.join('pub', n)
+                           for n in ('pub.tar.bz2', 'x.h5', 'y.h5')]
+  os.remove(archive)                   # served no more: the cache answers
+  assert download.archive_files(['x.h5', 'y.h5'], download=False,
+                                **kwargs) == paths
+
+
+def test_archive_files_checks_an_archive_in_data_dir(tmp_path):
+  archive = write_tar(str(tmp_path / 'pub.tar.bz2'), {'x.h5': b'X'}, 'w:bz2')
+  kwargs = dict(archive='pub.tar.bz2', url=None, cache_subdir='pub',
+                data_dir=str(tmp_path))
+  with pytest.raises(ValueError, match=r'pub\.tar\.bz2 has sha256'):
+    download.archive_files(['x.h5'], sha256='0' * 64, **kwargs)
+  assert not (tmp_path / 'x.h5').exists()
+  assert download.archive_files(['x.h5'], sha256=download.sha256_of(archive),
+                                **kwargs) == [str(tmp_path / 'x.h5')]
+
+
+def test_archive_files_missing_names_files_archive_and_url(tmp_path, cache):
+  kwargs = dict(archive='pub.tar.bz2', sha256=None, cache_subdir='pub',
+                url='https://example.invalid/pub.tar.bz2')
+  with pytest.raises(FileNotFoundError) as e:
+    download.archive_files(['x.h5', 'y.h5'], data_dir=str(tmp_path), **kwargs)
+  message = str(e.value)
+  assert message.startswith(f'x.h5 is not in data_dir {tmp_path}, nor is '
+                            'y.h5, nor is the archive that holds them')
+  assert str(tmp_path / 'pub.tar.bz2') in message
+  assert kwargs['url'] in message
+  with pytest.raises(FileNotFoundError, match=r'x\.h5 is not in the cache .*'
+                     r'downloading is off'):
+    download.archive_files(['x.h5'], download=False, **kwargs)

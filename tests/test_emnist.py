@@ -216,16 +216,12 @@ def test_real_femnist_subset():
 
 
 def make_archive(path, members):
-  """A tar.bz2 of ``{member name: bytes}`` (or ``None`` for a symlink)."""
+  """A tar.bz2 of ``{member name: bytes}``; returns its sha256."""
   with tarfile.open(path, 'w:bz2') as tar:
     for name, data in members.items():
       info = tarfile.TarInfo(name)
-      if data is None:
-        info.type, info.linkname = tarfile.SYMTYPE, '/etc/passwd'
-        tar.addfile(info)
-      else:
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
   return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -259,15 +255,15 @@ def test_download_checksum_mismatch(published, monkeypatch):
                       ('fed_emnist', url + 'fed_emnist.tar.bz2', '0' * 64))
   with pytest.raises(download.DownloadError, match='checksum mismatch'):
     emnist()
-  assert not cache.exists() or sorted(os.listdir(cache)) == []
+  assert not [p for p in cache.rglob('*') if p.is_file()]
 
 
 def test_download_and_extract(published):
   root, _, cache, _ = published
   train, test = emnist()
-  assert sorted(os.listdir(cache)) == ['fed_emnist.tar.bz2',
-                                       'fed_emnist_test.h5',
-                                       'fed_emnist_train.h5']
+  assert sorted(os.listdir(cache / 'emnist')) == ['fed_emnist.tar.bz2',
+                                                  'fed_emnist_test.h5',
+                                                  'fed_emnist_train.h5']
   assert train.client_ids.tolist() == ['w1', 'w2']
   assert train.features['y'].tolist() == [35, 5]
   assert test.sizes.tolist() == [1, 0]
@@ -280,11 +276,11 @@ def test_download_and_extract(published):
 
 def test_no_download_when_off(published):
   _, _, cache, _ = published
-  with pytest.raises(FileNotFoundError, match=r'fed_emnist_train\.h5 and '
-                     r'fed_emnist_test\.h5 are not in the cache .*downloading '
-                     'is off'):
+  with pytest.raises(FileNotFoundError, match=r'fed_emnist_train\.h5 is not '
+                     r'in the cache .*, nor is fed_emnist_test\.h5, .*'
+                     'downloading is off'):
     emnist(download=False)
-  assert not (cache / 'fed_emnist.tar.bz2').exists()
+  assert not (cache / 'emnist' / 'fed_emnist.tar.bz2').exists()
 
 
 def test_archive_without_test_member(tmp_path, file_server, monkeypatch):
@@ -295,35 +291,21 @@ def test_archive_without_test_member(tmp_path, file_server, monkeypatch):
   monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / 'cache'))
   monkeypatch.setitem(emnist_lib.ARCHIVES, False,
                       ('fed_emnist', url + 'fed_emnist.tar.bz2', sha))
-  with pytest.raises(ValueError, match=r'fed_emnist\.tar\.bz2 does not contain '
-                     r'fed_emnist_test\.h5'):
+  with pytest.raises(ValueError, match=r'fed_emnist\.tar\.bz2: missing '
+                     r'member\(s\) fed_emnist_test\.h5'):
     emnist()
+  # All or nothing: the train file was not kept either.
+  assert not (tmp_path / 'cache' / 'emnist' / 'fed_emnist_train.h5').exists()
 
 
-def test_extraction_never_leaves_the_cache(tmp_path):
-  cache = tmp_path / 'deep' / 'cache'
-  cache.mkdir(parents=True)
-  archive = tmp_path / 'a.tar.bz2'
-  make_archive(archive, {'../../fed_emnist_train.h5': b'TRAIN',
-                         '/abs/fed_emnist_test.h5': b'TEST'})
-  emnist_lib.extract_members(str(archive), ['fed_emnist_train.h5',
-                                            'fed_emnist_test.h5'], str(cache))
-  assert (cache / 'fed_emnist_train.h5').read_bytes() == b'TRAIN'
-  assert (cache / 'fed_emnist_test.h5').read_bytes() == b'TEST'
-  assert sorted(p.name for p in tmp_path.rglob('*') if p.is_file()) == [
-      'a.tar.bz2', 'fed_emnist_test.h5', 'fed_emnist_train.h5']
-  make_archive(archive, {'fed_emnist_train.h5': None})
-  with pytest.raises(ValueError, match="member 'fed_emnist_train.h5' is not a "
-                     'regular file'):
-    emnist_lib.extract_members(str(archive), ['fed_emnist_train.h5'],
-                               str(tmp_path / 'other'))
-
-
-def test_corrupt_archive(tmp_path):
-  archive = tmp_path / 'fed_emnist.tar.bz2'
-  make_archive(archive, {'fed_emnist_train.h5': b'x' * 5000})
-  archive.write_bytes(archive.read_bytes()[:40])
-  with pytest.raises(ValueError, match=r'fed_emnist\.tar\.bz2 is not a '
-                     'readable tar archive'):
-    emnist_lib.extract_members(str(archive), ['fed_emnist_train.h5'],
-                               str(tmp_path))
+def test_archive_in_data_dir_is_extracted_beside_it(tmp_path, monkeypatch):
+  sha = make_archive(tmp_path / 'fed_emnist.tar.bz2', {
+      'fed_emnist_train.h5': h5_bytes(tmp_path, 'tr.h5', {
+          'w': (images(0.5), labels(1))}),
+      'fed_emnist_test.h5': h5_bytes(tmp_path, 'te.h5', {
+          'w': (images(0.5), labels(2))})})
+  url = 'https://example.invalid/fed_emnist.tar.bz2'   # never fetched
+  monkeypatch.setitem(emnist_lib.ARCHIVES, False, ('fed_emnist', url, sha))
+  train, test = emnist(data_dir=str(tmp_path))
+  assert train.features['y'].tolist() == [1] and test.num_examples == 1
+  assert (tmp_path / 'fed_emnist_test.h5').exists()

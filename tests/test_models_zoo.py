@@ -1,5 +1,6 @@
 """Tests for the model zoo: CNNs, LSTMs, ResNet-18 (GN), transformer LM,
-and the pad-excluding sequence loss and metrics.
+multi-label logistic regression, and the pad-excluding sequence loss and
+metrics.
 
 Parameter counts are derived by hand below (the arithmetic is written out);
 compiling conv and LSTM gradients is slow on CPU, so shapes and counts use
@@ -9,12 +10,14 @@ compiling conv and LSTM gradients is slow on CPU, so shapes and counts use
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fedjax_engine.models import cnn
+from fedjax_engine.models import dense
 from fedjax_engine.models import resnet
 from fedjax_engine.models import rnn
 from fedjax_engine.models import sequence
@@ -89,6 +92,16 @@ def test_stackoverflow_lstm_parameter_count():
               + embed * vocab + vocab)               # 970,388
   assert expected == 4_050_748
   assert _count(_shapes(rnn.stackoverflow_lstm(vocab_size=vocab))) == expected
+
+
+def test_sent140_lstm_parameter_count():
+  vocab, hidden, classes = 10_000, 100, 2
+  expected = (vocab * hidden                         # 1,000,000 (embedding)
+              + 2 * _lstm_params(hidden, hidden)     # 160,800
+              + hidden * 128 + 128                   # 12,928
+              + 128 * classes + classes)             # 258
+  assert expected == 1_173_986
+  assert _count(_shapes(rnn.sent140_lstm(vocab_size=vocab))) == expected
 
 
 def test_resnet18_gn_parameter_count():
@@ -407,3 +420,91 @@ def test_vmap_over_stacked_params():
   assert batched.shape == (2, 2, 6, 12)
   np.testing.assert_allclose(batched[1], single, rtol=1e-5, atol=1e-6)
   assert not np.allclose(batched[0], batched[1])
+
+
+# ----------------------------------------------------------------------------
+# The LSTM layer: flax's cell, with the input projection out of the loop.
+
+
+def test_lstm_layer_equals_flax_optimized_lstm_cell():
+  x = jax.random.normal(jax.random.key(1), (2, 5, 3))
+  reference = nn.RNN(nn.OptimizedLSTMCell(4))
+  cell = reference.init(KEY, x)['params']['cell']
+  # Nonzero biases, so their placement is checked too.
+  for k, gate in enumerate('ifgo'):
+    cell['h' + gate]['bias'] = jax.random.normal(jax.random.key(k), (4,))
+  gates = 'ifgo'                                     # flax's and our order
+  params = {
+      'input': {
+          'kernel': jnp.concatenate([cell['i' + g]['kernel'] for g in gates],
+                                    axis=1),
+          'bias': jnp.concatenate([cell['h' + g]['bias'] for g in gates])},
+      'scan': {'recurrent': {'kernel': jnp.concatenate(
+          [cell['h' + g]['kernel'] for g in gates], axis=1)}}}
+  np.testing.assert_allclose(rnn.LSTM(4).apply({'params': params}, x),
+                             reference.apply({'params': {'cell': cell}}, x),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_recurrent_kernel_is_orthogonal_per_gate():
+  kernel = rnn.LSTM(8).init(KEY, jnp.zeros((1, 2, 3)))['params']['scan'][
+      'recurrent']['kernel']
+  assert kernel.shape == (8, 32)
+  for gate in range(4):
+    block = kernel[:, 8 * gate:8 * (gate + 1)]
+    np.testing.assert_allclose(block.T @ block, np.eye(8), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Sent140 classifier and multi-label logistic regression.
+
+
+def test_sent140_lstm_reads_after_the_last_word():
+  model = rnn.sent140_lstm(vocab_size=20, hidden=8, dense=6)
+  words = jnp.array([[5, 6, 7, 0, 0], [3, 0, 0, 0, 0]])
+  longer = words.at[0, 3].set(9)                      # one more word in row 0
+  logits = jax.jit(lambda key: tuple(
+      model.apply(model.init(key), {'x': x})
+      for x in (words, words[:, :3], longer)))(KEY)
+  assert logits[0].shape == (2, 2)
+  # Padding after the words changes nothing; another word does.
+  np.testing.assert_allclose(logits[0], logits[1], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(logits[0][0], logits[2][0])
+  np.testing.assert_allclose(logits[0][1], logits[2][1], rtol=1e-5, atol=1e-6)
+  _step_lowers_loss(model, {'x': words, 'y': jnp.array([1, 0])}, 0.5)
+
+
+def test_multilabel_loss_and_metrics_by_hand():
+  model = dense.multilabel_logistic_regression(num_features=2, num_labels=6,
+                                               top_k=2)
+  logits = jnp.array([[3., 2., 1., 0., -1., -2.],
+                      [0., 0., 0., 0., 0., 0.]])
+  # Row 0: labels 1 and 2 (a count of 2 is one positive). Row 1: label 5.
+  batch = {'y': jnp.array([[0., 1., 2., 0., 0., 0.],
+                           [0., 0., 0., 0., 0., 1.]])}
+  positives = np.array(batch['y'] > 0, np.float32)
+  expected = np.mean(np.logaddexp(0.0, np.asarray(logits)) -
+                     positives * np.asarray(logits), axis=1)
+  np.testing.assert_allclose(model.loss(logits, batch), expected, rtol=1e-6)
+  metrics = {name: fn(logits, batch).tolist()
+             for name, fn in model.metrics.items()}
+  # Top 2 of row 0 are labels 0 and 1: one of its two tags. Row 1 ties at
+  # 0: top_k takes the first indices, not label 5.
+  assert metrics['recall_at_2_sum'] == [1.0, 0.0]
+  assert metrics['recall_at_2_count'] == [2.0, 1.0]
+  # Predicted (logit > 0): labels 0, 1, 2 in row 0, two of them right.
+  assert metrics['precision_sum'] == [2.0, 0.0]
+  assert metrics['precision_count'] == [3.0, 0.0]
+  ratios = sequence.token_weighted(
+      {k: float(np.mean(v)) for k, v in metrics.items()})
+  assert ratios['recall_at_2'] == pytest.approx(1 / 3)
+  assert ratios['precision'] == pytest.approx(2 / 3)
+
+
+def test_multilabel_argument_errors():
+  with pytest.raises(ValueError, match='top_k must be a positive integer, '
+                     'got 0'):
+    dense.multilabel_logistic_regression(num_features=2, num_labels=3,
+                                         top_k=0)
+  with pytest.raises(ValueError, match='top_k=5 exceeds num_labels=3'):
+    dense.multilabel_logistic_regression(num_features=2, num_labels=3)

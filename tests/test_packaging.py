@@ -120,7 +120,8 @@ def test_version_matches_metadata():
 def test_model_zoo_exports():
   factories = {'logistic_regression', 'mlp', 'emnist_cnn', 'femnist_cnn',
                'char_lstm', 'stackoverflow_lstm', 'resnet18_gn',
-               'transformer_lm'}
+               'transformer_lm', 'multilabel_logistic_regression',
+               'sent140_lstm'}
   assert set(fe.models.__all__) == factories | {'sequence'}
   for name in factories:
     assert callable(getattr(fe.models, name))

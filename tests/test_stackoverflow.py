@@ -29,8 +29,8 @@ TAGS = {'python': 50, 'java': 70, 'c': 50, 'sql': 10, 'go': 70}
 
 def write_vocab(folder, words=WORDS, tags=TAGS):
   with open(os.path.join(folder, so.WORD_COUNT), 'w') as f:
-    for k, w in enumerate(words):
-      f.write(f'{w} {1000 - k}\n')
+    for k, w in enumerate(words):      # most frequent first, counts >= 1
+      f.write(f'{w} {len(words) - k}\n')
   with open(os.path.join(folder, so.TAG_COUNT), 'w') as f:
     json.dump(tags, f)
 

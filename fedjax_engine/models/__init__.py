@@ -5,12 +5,15 @@ from fedjax_engine.models.cnn import emnist_cnn as emnist_cnn
 from fedjax_engine.models.cnn import femnist_cnn as femnist_cnn
 from fedjax_engine.models.dense import logistic_regression as logistic_regression
 from fedjax_engine.models.dense import mlp as mlp
+from fedjax_engine.models.dense import multilabel_logistic_regression as multilabel_logistic_regression
 from fedjax_engine.models.resnet import resnet18_gn as resnet18_gn
 from fedjax_engine.models.rnn import char_lstm as char_lstm
+from fedjax_engine.models.rnn import sent140_lstm as sent140_lstm
 from fedjax_engine.models.rnn import stackoverflow_lstm as stackoverflow_lstm
 from fedjax_engine.models.transformer import transformer_lm as transformer_lm
 
 __all__ = [
     'char_lstm', 'emnist_cnn', 'femnist_cnn', 'logistic_regression', 'mlp',
-    'resnet18_gn', 'sequence', 'stackoverflow_lstm', 'transformer_lm',
+    'multilabel_logistic_regression', 'resnet18_gn', 'sent140_lstm',
+    'sequence', 'stackoverflow_lstm', 'transformer_lm',
 ]

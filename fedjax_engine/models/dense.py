@@ -1,4 +1,4 @@
-"""Dense classifiers: multinomial logistic regression and the MLP (2NN).
+"""Dense classifiers: multinomial and multi-label logistic regression, the MLP.
 
 Inputs of any shape are flattened per example, so the same models take
 Synthetic's 60 features and 28x28 images.
@@ -15,7 +15,9 @@ Example:
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import optax
 
 from fedjax_engine.model import Model, from_linen
 
@@ -55,3 +57,88 @@ def mlp(*, num_features: int, num_classes: int,
   """
   return from_linen(MLP(hidden=tuple(hidden), num_classes=num_classes),
                     sample_batch=_sample(num_features))
+
+
+def sigmoid_cross_entropy(logits, batch):
+  """Per-example mean over labels of the binary cross entropy.
+
+  ``batch['y']`` holds label counts ``[B, L]``; a label is positive when its
+  count is above 0 (Stack Overflow counts a tag listed twice as 2, which as
+  a binary target would make the loss unbounded below).
+  """
+  targets = (batch['y'] > 0).astype(logits.dtype)
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets),
+                  axis=-1)
+
+
+def multilabel_metrics(*, top_k: int = 5) -> dict:
+  """Per-example ``_sum``/``_count`` pairs of recall@k and precision.
+
+  ``recall_at_<k>_sum``: positive labels among the ``top_k`` highest logits;
+  ``recall_at_<k>_count``: positive labels. ``precision_sum``: positive
+  labels predicted (probability above 0.5, logit above 0);
+  ``precision_count``: labels predicted. The engine averages each over
+  examples, so a pair's ratio is the dataset's micro-averaged recall@k and
+  precision, Keras' ``Recall(top_k=5)`` and ``Precision()`` that TFF's
+  Stack Overflow tag task reports; :func:`fedjax_engine.models.sequence.
+  token_weighted` forms the ratios.
+  """
+  if not isinstance(top_k, int) or top_k < 1:
+    raise ValueError(f'top_k must be a positive integer, got {top_k!r}.')
+
+  def positives(batch):
+    return (batch['y'] > 0).astype(jnp.float32)
+
+  def recall_sum(logits, batch):
+    _, top = jax.lax.top_k(logits, top_k)
+    return jnp.sum(jnp.take_along_axis(positives(batch), top, axis=-1),
+                   axis=-1)
+
+  def recall_count(logits, batch):
+    del logits
+    return jnp.sum(positives(batch), axis=-1)
+
+  def precision_sum(logits, batch):
+    return jnp.sum(positives(batch) * (logits > 0), axis=-1)
+
+  def precision_count(logits, batch):
+    del batch
+    return jnp.sum((logits > 0).astype(jnp.float32), axis=-1)
+
+  return {f'recall_at_{top_k}_sum': recall_sum,
+          f'recall_at_{top_k}_count': recall_count,
+          'precision_sum': precision_sum, 'precision_count': precision_count}
+
+
+def multilabel_logistic_regression(*, num_features: int, num_labels: int,
+                                   top_k: int = 5) -> Model:
+  """One-vs-rest logistic regression: one sigmoid per label.
+
+  The Stack Overflow tag prediction model of Reddi et al., "Adaptive
+  Federated Optimization", ICLR 2021 ("Stack Overflow LR": a bag of the
+  10,000 most frequent words -> the 500 most frequent tags), as TFF's
+  ``baselines/stackoverflow/tag_prediction_tasks.py`` builds it (one dense
+  layer with sigmoid outputs, binary cross entropy averaged over the tags
+  of an example). Outputs are logits ``[B, num_labels]``; the loss is
+  :func:`sigmoid_cross_entropy`, the metrics :func:`multilabel_metrics`.
+
+  Example:
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = multilabel_logistic_regression(num_features=4, num_labels=6)
+    >>> params = model.init(jax.random.key(0))
+    >>> batch = {'x': jnp.ones((1, 4)), 'y': jnp.array([[1., 0, 2, 0, 0, 0]])}
+    >>> logits = model.apply(params, batch)
+    >>> logits.shape, model.loss(logits, batch).shape
+    ((1, 6), (1,))
+    >>> model.metrics['recall_at_5_count'](logits, batch)   # 2 tags present
+    Array([2.], dtype=float32)
+    >>> sorted(model.metrics)
+    ['precision_count', 'precision_sum', 'recall_at_5_count', 'recall_at_5_sum']
+  """
+  if isinstance(top_k, int) and top_k > num_labels:
+    raise ValueError(f'top_k={top_k} exceeds num_labels={num_labels}.')
+  return from_linen(MLP(hidden=(), num_classes=num_labels),
+                    sample_batch=_sample(num_features),
+                    loss=sigmoid_cross_entropy,
+                    metrics=multilabel_metrics(top_k=top_k))
