@@ -102,24 +102,48 @@ def busy_steps(example_mask):
   return jnp.max(jnp.where(busy, jnp.arange(1, num_steps + 1), 0))
 
 
+# The name of the engine's vmap axis over a chunk of clients (see
+# :func:`over_steps`).
+COHORT_AXIS = 'cohort'
+
+
+def _chunk_steps(n):
+  """The largest ``n`` among the clients vmapped together by the engine.
+
+  Outside the engine's vmap (a client trained on its own, as the conformance
+  tests do) the axis is unbound and ``n`` is returned.
+  """
+  try:
+    return jax.lax.pmax(n, COHORT_AXIS)
+  except NameError:
+    return n
+
+
 def over_steps(step, carry, batches, example_mask):
   """``carry = step(carry, batch, mask, i)`` for steps ``i < busy_steps``.
 
   A ``while_loop`` rather than a ``scan`` over all ``S`` steps, so padded
   steps cost nothing: a client with 3 of 24 steps runs 3. Under the engine's
-  vmap a chunk of clients runs as many steps as its busiest client, which is
-  why the engine groups clients of similar size into chunks.
+  vmap the loop runs as many steps as the chunk's busiest client, with one
+  trip count for the whole chunk (so the step index stays a scalar and each
+  batch a slice, not a per-client gather); clients past their own last busy
+  step keep their carry. That is why the engine groups clients of similar
+  size into chunks.
   """
   n = busy_steps(example_mask)
+  bound = _chunk_steps(n)
 
   def body(state):
     i, carry = state
     batch = jax.tree.map(
         lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches)
     mask = jax.lax.dynamic_index_in_dim(example_mask, i, keepdims=False)
-    return i + 1, step(carry, batch, mask, i)
+    new_carry = step(carry, batch, mask, i)
+    if bound is not n:
+      new_carry = tree.where(i < n, new_carry, carry)
+    return i + 1, new_carry
 
-  return jax.lax.while_loop(lambda state: state[0] < n, body,
+  return jax.lax.while_loop(lambda state: state[0] < bound, body,
                             (jnp.zeros((), jnp.int32), carry))[1]
 
 

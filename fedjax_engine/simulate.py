@@ -90,6 +90,30 @@ def merge_chunks(tree):
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
 
 
+def psum_packed(tree, axis_name):
+  """``lax.psum`` of a pytree as one buffer per element type.
+
+  XLA:CPU's in-process all-reduce synchronizes the devices once per
+  buffer; packing a round's accumulators (every leaf of the aggregate and
+  the metric sums) into one vector makes that one rendezvous, not one per
+  leaf.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  groups = {}
+  for i, leaf in enumerate(leaves):
+    groups.setdefault(jnp.result_type(leaf), []).append(i)
+  out = list(leaves)
+  for indices in groups.values():
+    flat = jnp.concatenate([jnp.ravel(leaves[i]) for i in indices])
+    flat = jax.lax.psum(flat, axis_name)
+    offset = 0
+    for i in indices:
+      size = math.prod(jnp.shape(leaves[i]))
+      out[i] = flat[offset:offset + size].reshape(jnp.shape(leaves[i]))
+      offset += size
+  return jax.tree.unflatten(treedef, out)
+
+
 def _sum_metrics(metrics, client_mask):
   """Sums per-client ``Mean`` metrics over the chunk, padded clients out."""
   def masked_sum(x):
@@ -109,6 +133,12 @@ def _step_utilization(mask, client_mask) -> Mean:
   useful = jnp.sum(jnp.where(client_mask, busy, 0)).astype(jnp.float32)
   executed = (busy.shape[0] * jnp.max(busy)).astype(jnp.float32)
   return Mean(useful, executed)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _first_rows(tree, n):
+  """``x[:n]`` of every leaf, in one dispatch."""
+  return jax.tree.map(lambda x: x[:n], tree)
 
 
 def _finalize_metrics(sums):
@@ -301,10 +331,11 @@ class Round:
         (server_state, client_states), self._replicated)
     server_state, client_states, metrics = self._fused(
         server_state, client_states, rounds_key, self._store,
-        jnp.int32(first_round), jnp.int32(num_rounds), sampler=sampler,
+        np.int32(first_round), np.int32(num_rounds), sampler=sampler,
         block=block, num_steps=num_steps)
-    return (server_state, client_states,
-            jax.tree.map(lambda m: m[:num_rounds], metrics))
+    if num_rounds < block:
+      metrics = _first_rows(metrics, num_rounds)
+    return server_state, client_states, metrics
 
   def _device_cohort(self, ids, store) -> data_lib.Cohort:
     """What :meth:`select` builds on the host, built inside the program."""
@@ -357,7 +388,8 @@ class Round:
 
     def on_device(server_state, per_client, store):
       chunks = split_chunks(per_client, self.num_chunks)
-      vmapped = jax.vmap(algo.client_update, in_axes=(None, 0, 1, 1, 0))
+      vmapped = jax.vmap(algo.client_update, in_axes=(None, 0, 1, 1, 0),
+                         axis_name=algorithm_lib.COHORT_AXIS)
 
       def run_chunk(chunk):
         batches, mask = self._loader(store, chunk, chunk['keys'], num_steps)
@@ -385,12 +417,15 @@ class Round:
         return (agg_acc, metric_acc), new_states
 
       acc, new_states = chunked(body, acc0, chunks, self.num_chunks)
-      # The round's facts ride on the same all-reduce: one per round.
+      # The round's facts ride on the same all-reduce: one per round. XLA
+      # combines all-reduces of one element type only, so the client count
+      # travels as float32 (exact below 2^24 clients).
       info = RoundInfo(
-          num_clients=jnp.sum(per_client['client_mask'].astype(jnp.int32)),
+          num_clients=jnp.sum(per_client['client_mask'].astype(jnp.float32)),
           total_weight=jnp.sum(per_client['weights']))
-      acc = jax.lax.psum((acc, info), AXIS)
-      return acc, merge_chunks(new_states)
+      acc, info = psum_packed((acc, info), AXIS)
+      info = info._replace(num_clients=info.num_clients.astype(jnp.int32))
+      return (acc, info), merge_chunks(new_states)
 
     client_spec = jax.tree.map(lambda _: P(AXIS), per_client)
     ((agg_acc, metric_sums), info), new_states = jax.shard_map(

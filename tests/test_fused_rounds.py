@@ -100,3 +100,16 @@ def test_bad_input_is_refused_clearly(setup, synthetic_train, logistic_model):
   with pytest.raises(ValueError, match="needs gather='device'"):
     host.run_rounds(_state(algo, model), (), sampler, jax.random.key(0),
                     first_round=0, num_rounds=1)
+
+
+def test_a_round_synchronizes_the_devices_once(setup):
+  # XLA:CPU's all-reduce pays one cross-device rendezvous per buffer: the
+  # round packs its aggregate, metric sums and facts into one buffer.
+  algo, model, rnd, sampler = setup
+  assert rnd.mesh.devices.size > 1
+  num_steps = rnd.batching.num_steps(int(rnd.data.sizes.max()))
+  state = jax.device_put(_state(algo, model), rnd._replicated)  # pylint: disable=protected-access
+  hlo = rnd._fused.lower(  # pylint: disable=protected-access
+      state, (), jax.random.key(0), rnd._store, np.int32(0), np.int32(2),  # pylint: disable=protected-access
+      sampler=sampler, block=2, num_steps=num_steps).compile().as_text()
+  assert hlo.count(' all-reduce(') == 1, hlo.count(' all-reduce(')

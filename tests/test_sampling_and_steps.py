@@ -80,6 +80,24 @@ def test_over_steps_vmapped_runs_each_lane_its_own_steps():
   np.testing.assert_array_equal(np.asarray(calls), [1, 4])
 
 
+def test_over_steps_in_the_engine_vmap_runs_the_chunk_max_once():
+  # Under the engine's named vmap axis the loop runs the chunk's largest
+  # step count (one scalar trip count); each lane still gets only its own.
+  mask = np.zeros((3, 5, 1), bool)
+  mask[0, :1] = True
+  mask[1, :4] = True
+  step = lambda carry, b, m, i: (carry[0] + 1, carry[1] + jnp.sum(b['x'] * m))
+  batches = {'x': jnp.arange(15.0).reshape(3, 5, 1)}
+  fn = jax.vmap(lambda b, m: fe.over_steps(step, (0, 0.0), b, m),
+                axis_name=fe.algorithm.COHORT_AXIS)
+  calls, total = jax.jit(fn)(batches, jnp.asarray(mask))
+  np.testing.assert_array_equal(np.asarray(calls), [1, 4, 0])
+  np.testing.assert_array_equal(np.asarray(total), [0.0, 5 + 6 + 7 + 8, 0.0])
+  # The step index is one scalar, so XLA reads each step as a slice.
+  hlo = jax.jit(fn).lower(batches, jnp.asarray(mask)).compile().as_text()
+  assert ' gather(' not in hlo and ' dynamic-slice(' in hlo
+
+
 def _utilization(data, ids, devices, chunk):
   model = fe.models.logistic_regression(num_features=60, num_classes=10)
   algo = fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1))

@@ -111,3 +111,23 @@ def test_add_sub_scale_zeros_like():
   np.testing.assert_array_equal(tree.sub(a, b)['x'], [-9., -18.])
   np.testing.assert_array_equal(tree.scale(a, 3.)['x'], [3., 6.])
   np.testing.assert_array_equal(tree.zeros_like(a)['x'], [0., 0.])
+
+
+def test_psum_packed_equals_psum_of_every_leaf():
+  from fedjax_engine import simulate  # pylint: disable=g-import-not-at-top
+  tree = {'w': jnp.arange(24.0).reshape(4, 2, 3), 'b': jnp.arange(4.0),
+          'n': jnp.arange(4, dtype=jnp.int32), 's': jnp.ones((4,), jnp.float16)}
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ('d',))
+  spec = jax.sharding.PartitionSpec('d')
+
+  def both(t):
+    t = jax.tree.map(lambda x: x[0], t)
+    return simulate.psum_packed(t, 'd'), jax.lax.psum(t, 'd')
+
+  packed, plain = jax.jit(jax.shard_map(
+      both, mesh=mesh, in_specs=(spec,),
+      out_specs=jax.sharding.PartitionSpec()))(tree)
+  for name in tree:
+    assert packed[name].dtype == tree[name].dtype
+    np.testing.assert_array_equal(packed[name], plain[name])
+  np.testing.assert_array_equal(packed['b'], 6.0)
