@@ -251,23 +251,40 @@ def test_logistic_regression_shapes_and_values():
   model = fe.models.logistic_regression(num_features=60, num_classes=10)
   params = _random_params(model, seed=0)
   shapes = jax.tree.map(lambda x: x.shape, params)
-  assert shapes == {'Dense_0': {'kernel': (60, 10), 'bias': (10,)}}
+  # The kernel is stored [out, in] (models/dense.py says why).
+  assert shapes == {'Dense_0': {'kernel': (10, 60), 'bias': (10,)}}
   assert tree.size(params) == 60 * 10 + 10
   rng = np.random.default_rng(1)
   x = rng.normal(size=(7, 60)).astype(np.float32)
   out = model.apply(params, {'x': x})
   w = np.asarray(params['Dense_0']['kernel'])
   b = np.asarray(params['Dense_0']['bias'])
-  np.testing.assert_allclose(out, x @ w + b, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out, x @ w.T + b, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_matches_flax_dense_with_the_kernel_transposed():
+  from fedjax_engine.models import dense  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+  ours = dense.Dense(3).init(jax.random.key(0), x)['params']
+  theirs = nn.Dense(3).init(jax.random.key(0), x)['params']
+  assert ours['kernel'].shape == (3, 7)
+  # The same initial distribution: LeCun normal over fan-in 7.
+  big = dense.Dense(300).init(jax.random.key(1), np.zeros((1, 700)))
+  np.testing.assert_allclose(np.std(big['params']['kernel']),
+                             np.sqrt(1 / 700), rtol=0.02)
+  out = dense.Dense(3).apply({'params': ours}, x)
+  flax_out = nn.Dense(3).apply(
+      {'params': {'kernel': ours['kernel'].T, 'bias': theirs['bias']}}, x)
+  np.testing.assert_allclose(out, flax_out, rtol=1e-6, atol=1e-6)
 
 
 def test_mlp_default_is_2nn():
   model = fe.models.mlp(num_features=784, num_classes=62)
   shapes = jax.eval_shape(model.init, jax.random.key(0))
   assert jax.tree.map(lambda x: x.shape, shapes) == {
-      'Dense_0': {'kernel': (784, 200), 'bias': (200,)},
+      'Dense_0': {'kernel': (200, 784), 'bias': (200,)},
       'Dense_1': {'kernel': (200, 200), 'bias': (200,)},
-      'Dense_2': {'kernel': (200, 62), 'bias': (62,)},
+      'Dense_2': {'kernel': (62, 200), 'bias': (62,)},
   }
   assert tree.size(shapes) == (784 * 200 + 200 + 200 * 200 + 200 +
                                200 * 62 + 62)
@@ -281,7 +298,7 @@ def test_dense_models_flatten_image_input():
   out = model.apply(params, {'x': images})
   assert out.shape == (3, 62)
   expected = (images.reshape(3, 784).astype(np.float64) @
-              params['Dense_0']['kernel'] + params['Dense_0']['bias'])
+              params['Dense_0']['kernel'].T + params['Dense_0']['bias'])
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -289,12 +306,12 @@ def test_mlp_forward_matches_numpy():
   model = fe.models.mlp(num_features=6, num_classes=4, hidden=(5, 3))
   params = _random_params(model, seed=2)
   assert [params[f'Dense_{i}']['kernel'].shape for i in range(3)] == [
-      (6, 5), (5, 3), (3, 4)]
+      (5, 6), (3, 5), (4, 3)]
   x = np.random.default_rng(3).normal(size=(8, 2, 3)).astype(np.float32)
   h = x.reshape(8, 6).astype(np.float64)
   for i in range(3):
     layer = params[f'Dense_{i}']
-    h = h @ layer['kernel'] + layer['bias']
+    h = h @ layer['kernel'].T + layer['bias']
     if i < 2:
       h = np.maximum(h, 0.0)
   np.testing.assert_allclose(model.apply(params, {'x': x}), h, rtol=1e-4,

@@ -60,7 +60,7 @@ def test_emnist_cnn_parameter_count():
     params = _shapes(cnn.emnist_cnn(num_classes=classes))
     assert _count(params) == expected
   assert conv1 + conv2 + dense + 128 * 62 + 62 == 1_206_590
-  assert params['Dense_0']['kernel'].shape == (9216, 128)
+  assert params['Dense_0']['kernel'].shape == (128, 9216)   # [out, in]
 
 
 def test_femnist_cnn_parameter_count():
@@ -71,7 +71,7 @@ def test_femnist_cnn_parameter_count():
   out = 2048 * 62 + 62                   # 127,038
   params = _shapes(cnn.femnist_cnn(num_classes=62))
   assert _count(params) == conv1 + conv2 + dense + out == 6_603_710
-  assert params['Dense_0']['kernel'].shape == (3136, 2048)
+  assert params['Dense_0']['kernel'].shape == (2048, 3136)   # [out, in]
 
 
 def test_char_lstm_parameter_count():
@@ -405,7 +405,7 @@ def test_vmap_over_stacked_params():
 
   keys = jax.random.split(jax.random.key(7), 2)
   grads = jax.jit(jax.vmap(jax.grad(loss)))(stacked, keys)
-  assert grads['Dense_0']['kernel'].shape == (2, 9216, 128)
+  assert grads['Dense_0']['kernel'].shape == (2, 128, 9216)
   assert not np.allclose(grads['Dense_1']['bias'][0],
                          grads['Dense_1']['bias'][1])
 

