@@ -16,6 +16,13 @@ the configuration asks for and reads back one result row. In the worker:
   more round would end past ``config_budget`` seconds after round 0 started
   (at least one round is always timed).
 
+``suite.py`` times the implementations of one (workload, clients per
+round) in turns with :func:`run_interleaved`: each in its own worker
+(``--serve``), all set up and compiled one after the other, then timed in
+alternating segments, so that a machine whose speed drifts (shared hosts
+drift by tens of percent over minutes) slows them alike and their ratio
+stays honest.
+
 A fresh process per configuration gives each a cold compile cache and its own
 peak RSS (``VmHWM`` of /proc/self/status: ``getrusage``'s ``ru_maxrss`` would
 include the parent's, which a child inherits). The share of the machine's
@@ -35,6 +42,7 @@ import json
 import os
 import platform
 import resource
+import select
 import subprocess
 import sys
 import tempfile
@@ -151,101 +159,171 @@ def make_runner(cfg, setup):
   raise ValueError(f'unknown implementation {impl!r}')
 
 
+class RoundTimer:
+  """Rounds of one configuration, timed in one or more segments.
+
+  Construction builds the workload and runner, times round 0 (``first
+  round``: tracing and compilation included), saves the params after it when
+  ``params_out`` is set, and runs one warm-up round unless round 0 alone took
+  longer than ``time_budget``. :meth:`segment` then times calls (each ended
+  by ``jax.block_until_ready``); :meth:`result` is the row.
+  """
+
+  def __init__(self, cfg):
+    self.cfg = cfg
+    workload = wl.WORKLOADS[cfg['workload']]
+    self.max_rounds = cfg['max_rounds']
+    self.config_budget = cfg.get('config_budget') or float('inf')
+    t0 = time.perf_counter()
+    self.setup = wl.build(workload, num_clients=cfg['num_clients'],
+                          data_dir=cfg.get('data_dir'))
+    self.runner = runner = make_runner(cfg, self.setup)
+    self.setup_s = time.perf_counter() - t0
+    self.base_rss = current_rss_mib()
+    self.ids = wl.cohorts(self.setup.train.num_clients, cfg['clients'],
+                          2 + self.max_rounds)
+    initial = runner.params() if cfg.get('params_out') else None
+    self.start = time.perf_counter()
+    self.first_s = self._call(0)
+    self.r = self.rounds_per_call = self.last_n
+    if cfg.get('params_out'):
+      save_params(cfg['params_out'], initial, runner.params())
+    self.warmup_s = None
+    if self.first_s < cfg['time_budget']:
+      self.warmup_s = self._call(self.r)
+      self.r += self.last_n
+    self.times = []   # seconds per round (a fused call's time / its rounds)
+    self.busy_s = self.wall_s = self.own_s = 0.0
+
+  def _call(self, r):
+    ids = self.ids[r] if r < len(self.ids) else None
+    self.runner.prepare(r, ids)
+    t0 = time.perf_counter()
+    self.last_n = self.runner.advance(r, ids)
+    return time.perf_counter() - t0
+
+  @property
+  def done(self):
+    return len(self.times) >= self.max_rounds
+
+  def segment(self, budget_s, min_rounds, max_rounds=None):
+    """Times calls until ``budget_s`` once ``min_rounds`` are timed.
+
+    Also stops once ``max_rounds`` rounds are timed in the segment or in
+    all, or when one more call would end past ``config_budget`` seconds
+    after round 0 started; at least one call is timed unless the
+    configuration is done.
+    """
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    busy0 = cpu_busy_s()
+    start = time.perf_counter()
+    timed = 0
+    while not self.done and timed < (max_rounds or self.max_rounds):
+      if timed:
+        now = time.perf_counter()
+        if timed >= min_rounds and now - start > budget_s:
+          break
+        if (now - self.start + self.rounds_per_call * float(
+            np.mean(self.times)) > self.config_budget):
+          break
+      dt = self._call(self.r)
+      n = self.last_n
+      self.times.extend([dt / n] * n)
+      self.r += n
+      timed += n
+    busy1 = cpu_busy_s()
+    self.wall_s += time.perf_counter() - start
+    self.busy_s += busy1[0] - busy0[0]
+    self.own_s += busy1[1] - busy0[1]
+    return timed
+
+  def result(self):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    cfg, runner = self.cfg, self.runner
+    workload = wl.WORKLOADS[cfg['workload']]
+    c = cfg['clients']
+    times = np.asarray(self.times)
+    mean, median = float(times.mean()), float(np.median(times))
+    round_flops = workload.round_flops(c)
+    out = dict(cfg)
+    out.update(
+        kind='round',
+        chunk_used=getattr(runner, 'chunk_used', None),
+        rounds_per_call=self.rounds_per_call,
+        setup_s=self.setup_s,
+        first_round_s=self.first_s,
+        warmup_round_s=self.warmup_s,
+        compile_s_est=max(self.first_s - self.rounds_per_call * median, 0.0),
+        rounds_timed=int(times.size),
+        round_s_mean=mean,
+        round_s_median=median,
+        round_s_min=float(times.min()),
+        round_s_std=float(times.std()),
+        examples_per_s=c * wl.LOCAL_STEPS * wl.BATCH_SIZE / mean,
+        flops_per_round=round_flops,
+        flops_per_s=round_flops / mean,
+        rss_after_setup_mib=self.base_rss,
+        peak_rss_mib=peak_rss_mib(),
+        other_cpu_frac=others_cpu_frac((0.0, 0.0), (self.busy_s, self.own_s),
+                                       self.wall_s),
+        load_avg_1m=os.getloadavg()[0],
+        dataset_clients=self.setup.train.num_clients,
+        dataset_examples=self.setup.train.num_examples,
+        **device_info())
+    if hasattr(runner, 'xla_round_flops'):
+      out['xla_round_flops'] = runner.xla_round_flops()
+    if hasattr(runner, 'xla_step_flops'):
+      step = runner.xla_step_flops()
+      out['xla_step_flops'] = step
+      out['xla_flops_per_round_from_step'] = (
+          step * c * wl.LOCAL_STEPS if step is not None else None)
+    return out
+
+
 def time_rounds(cfg):
-  """Times rounds of one configuration (see the module docstring)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  workload = wl.WORKLOADS[cfg['workload']]
-  c = cfg['clients']
-  max_rounds, min_rounds = cfg['max_rounds'], cfg['min_rounds']
-  time_budget = cfg['time_budget']
-  config_budget = cfg.get('config_budget') or float('inf')
-  t0 = time.perf_counter()
-  setup = wl.build(workload, num_clients=cfg['num_clients'],
-                   data_dir=cfg.get('data_dir'))
-  runner = make_runner(cfg, setup)
-  setup_s = time.perf_counter() - t0
-  base_rss = current_rss_mib()
-  ids = wl.cohorts(setup.train.num_clients, c, 2 + max_rounds)
-  ids_of = lambda r: ids[r] if r < len(ids) else None
+  """Times rounds of one configuration in one segment of ``time_budget``."""
+  timer = RoundTimer(cfg)
+  timer.segment(cfg['time_budget'], cfg['min_rounds'])
+  return timer.result()
 
-  initial = runner.params() if cfg.get('params_out') else None
-  start = time.perf_counter()
-  runner.prepare(0, ids_of(0))
-  t0 = time.perf_counter()
-  r = runner.advance(0, ids_of(0))
-  first_s = time.perf_counter() - t0
-  rounds_per_call = r
-  if cfg.get('params_out'):
-    save_params(cfg['params_out'], initial, runner.params())
-  warmup_s = None
-  if first_s < time_budget:
-    runner.prepare(r, ids_of(r))
-    t0 = time.perf_counter()
-    r += runner.advance(r, ids_of(r))
-    warmup_s = time.perf_counter() - t0
 
-  times = []   # seconds per round (a fused call's time / its rounds)
-  busy0 = cpu_busy_s()
-  timing_start = time.perf_counter()
-  while len(times) < max_rounds:
-    if times:
-      now = time.perf_counter()
-      if len(times) >= min_rounds and now - timing_start > time_budget:
-        break
-      if now - start + rounds_per_call * float(np.mean(times)) > config_budget:
-        break
-    runner.prepare(r, ids_of(r))
-    t0 = time.perf_counter()
-    n = runner.advance(r, ids_of(r))
-    dt = time.perf_counter() - t0
-    times.extend([dt / n] * n)
-    r += n
-  wall = time.perf_counter() - timing_start
-  others = others_cpu_frac(busy0, cpu_busy_s(), wall)
+# A served worker's replies start with this, so that anything else a
+# library prints to stdout cannot be mistaken for one.
+REPLY = '@@harness '
 
-  times = np.asarray(times)
-  mean, median = float(times.mean()), float(np.median(times))
-  round_flops = workload.round_flops(c)
-  out = dict(cfg)
-  out.update(
-      kind='round',
-      chunk_used=getattr(runner, 'chunk_used', None),
-      rounds_per_call=rounds_per_call,
-      setup_s=setup_s,
-      first_round_s=first_s,
-      warmup_round_s=warmup_s,
-      compile_s_est=max(first_s - rounds_per_call * median, 0.0),
-      rounds_timed=int(times.size),
-      round_s_mean=mean,
-      round_s_median=median,
-      round_s_min=float(times.min()),
-      round_s_std=float(times.std()),
-      examples_per_s=c * wl.LOCAL_STEPS * wl.BATCH_SIZE / mean,
-      flops_per_round=round_flops,
-      flops_per_s=round_flops / mean,
-      rss_after_setup_mib=base_rss,
-      peak_rss_mib=peak_rss_mib(),
-      other_cpu_frac=others,
-      load_avg_1m=os.getloadavg()[0],
-      dataset_clients=setup.train.num_clients,
-      dataset_examples=setup.train.num_examples,
-      **device_info())
-  if hasattr(runner, 'xla_round_flops'):
-    out['xla_round_flops'] = runner.xla_round_flops()
-  if hasattr(runner, 'xla_step_flops'):
-    step = runner.xla_step_flops()
-    out['xla_step_flops'] = step
-    out['xla_flops_per_round_from_step'] = (
-        step * c * wl.LOCAL_STEPS if step is not None else None)
-  return out
+
+def serve(cfg, out_path):
+  """Times ``cfg`` in segments the parent asks for on stdin.
+
+  Replies ``ready`` once round 0 and the warm-up are done; then, per line
+  ``segment <seconds> <min_rounds> <max_rounds>``, times a segment and
+  replies with the rounds it timed; ``result`` writes the row to ``out_path`` and ends.
+  """
+  timer = RoundTimer(cfg)
+  print(REPLY + 'ready', flush=True)
+  for line in sys.stdin:
+    words = line.split()
+    if words[0] == 'segment':
+      n = timer.segment(float(words[1]), int(words[2]), int(words[3]))
+      print(REPLY + f'timed {n}', flush=True)
+    elif words[0] == 'result':
+      with open(out_path, 'w') as f:
+        json.dump(timer.result(), f)
+      print(REPLY + 'done', flush=True)
+      return
 
 
 def worker_main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument('--worker', required=True, help='configuration, JSON')
   p.add_argument('--worker_out', required=True, help='result row, JSON')
+  p.add_argument('--serve', action='store_true',
+                 help='time in segments asked for on stdin (serve())')
   args = p.parse_args(argv)
   cfg = json.loads(args.worker)
+  if args.serve:
+    serve(cfg, args.worker_out)
+    return
   if cfg['kind'] == 'matmul':
     out = dict(cfg, **matmul_peak(cfg['size'], cfg['repeats']))
   else:
@@ -296,6 +374,108 @@ def run_worker(cfg, *, timeout=None):
     return dict(cfg, error=f'worker ran past {timeout:.0f} s and was stopped')
   finally:
     os.unlink(path)
+
+
+class _Served:
+  """A worker in ``--serve`` mode and its replies (see :func:`serve`)."""
+
+  def __init__(self, cfg, timeout):
+    fd, self.out_path = tempfile.mkstemp(suffix='.json')
+    os.close(fd)
+    self.log = tempfile.TemporaryFile(mode='w+')
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), '--worker',
+         json.dumps(cfg), '--worker_out', self.out_path, '--serve'],
+        env=child_env(cfg.get('devices')), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=self.log)
+    self.deadline = time.monotonic() + (timeout or float('inf'))
+    self.pending = b''
+    self.error = None
+
+  def reply(self):
+    """The next reply line; anything else on stdout is skipped."""
+    fd = self.proc.stdout.fileno()
+    while True:
+      while b'\n' in self.pending:
+        line, self.pending = self.pending.split(b'\n', 1)
+        line = line.decode(errors='replace')
+        if line.startswith(REPLY):
+          return line[len(REPLY):].strip()
+      left = self.deadline - time.monotonic()
+      if left <= 0 or not select.select([fd], [], [], left)[0]:
+        raise TimeoutError('ran past its time limit and was stopped')
+      chunk = os.read(fd, 65536)
+      if not chunk:
+        raise EOFError(f'worker exited with {self.proc.wait()}')
+      self.pending += chunk
+
+  def ask(self, command):
+    self.proc.stdin.write((command + '\n').encode())
+    self.proc.stdin.flush()
+    return self.reply()
+
+  def fail(self, exc):
+    self.proc.kill()
+    self.proc.wait()
+    self.log.seek(0)
+    tail = self.log.read().strip().splitlines()[-20:] or ['']
+    self.error = dict(error=f'{exc}: {tail[-1]}', output_tail=tail)
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+    self.log.close()
+    os.unlink(self.out_path)
+
+
+def run_interleaved(cfgs, *, segments, timeout=None):
+  """Times configurations in turns, so that they share the machine's mood.
+
+  On a shared or throttled machine speed drifts by tens of percent over
+  minutes; timing one configuration after the other puts that drift into
+  their ratio. Here every configuration gets its own worker, started one
+  after the other (compilation and round 0 never overlap); then each times
+  ``time_budget / segments`` seconds in turn, ``segments`` times over, while
+  the others wait idle. Returns one row per configuration, in order; a
+  worker that fails gives an ``error`` row and the others go on.
+  """
+  served = []
+  try:
+    for cfg in cfgs:
+      w = _Served(cfg, timeout)
+      served.append(w)
+      try:
+        if w.reply() != 'ready':
+          raise RuntimeError('unexpected reply')
+      except (TimeoutError, EOFError, RuntimeError) as exc:
+        w.fail(exc)
+    for _ in range(segments):
+      for w, cfg in zip(served, cfgs):
+        if w.error is None:
+          try:
+            w.ask(f"segment {cfg['time_budget'] / segments} "
+                  f"{-(-cfg['min_rounds'] // segments)} "
+                  f"{-(-cfg['max_rounds'] // segments)}")
+          except (TimeoutError, EOFError) as exc:
+            w.fail(exc)
+    rows = []
+    for w, cfg in zip(served, cfgs):
+      if w.error is None:
+        try:
+          w.ask('result')
+          with open(w.out_path) as f:
+            row = json.load(f)
+          row['timing_segments'] = segments
+          rows.append(row)
+          continue
+        except (TimeoutError, EOFError, OSError, ValueError) as exc:
+          w.fail(exc)
+      rows.append(dict(cfg, **w.error))
+    return rows
+  finally:
+    for w in served:
+      w.close()
 
 
 def save_params(path, initial, final):

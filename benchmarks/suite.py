@@ -245,6 +245,9 @@ def main(argv=None):
                  'naive loop always gets 1); ignored by GPU/TPU backends')
   p.add_argument('--fused_rounds', type=int, default=10,
                  help='rounds per call for engine_fused')
+  p.add_argument('--segments', type=int, default=5,
+                 help='timed turns per implementation, interleaved '
+                      '(harness.run_interleaved)')
   p.add_argument('--min_rounds', type=int, default=3)
   p.add_argument('--max_rounds', type=int, default=200)
   p.add_argument('--time_budget', type=float, default=5.0,
@@ -292,7 +295,7 @@ def main(argv=None):
     for name in names:
       prev = {}   # impl -> largest smaller measured row
       for c in clients:
-        rows = {}
+        rows, to_run = {}, []
         for impl in impls:
           cfg = dict(
               kind='round', workload=name, clients=c, impl=impl,
@@ -307,17 +310,24 @@ def main(argv=None):
                           os.path.join(scratch, f'{name}_{c}_{impl}.npz')))
           est = estimate(prev[impl], c) if impl in prev else None
           if est and est['total_s'] > args.config_budget:
-            r = dict(cfg, skipped=True, estimated_round_s=est['round_s'],
-                     estimated_s=est['total_s'],
-                     estimated_from_clients=est['from_clients'])
+            rows[impl] = (dict(cfg, skipped=True,
+                               estimated_round_s=est['round_s'],
+                               estimated_s=est['total_s'],
+                               estimated_from_clients=est['from_clients']),
+                          cfg['params_out'])
           else:
-            r = harness.run_worker(
-                cfg, timeout=3 * args.config_budget + 600)
-            if 'round_s_mean' in r:
-              prev[impl] = r
+            to_run.append(cfg)
+        measured = harness.run_interleaved(
+            to_run, segments=args.segments,
+            timeout=len(to_run) * (3 * args.config_budget + 600))
+        for cfg, r in zip(to_run, measured):
+          rows[cfg['impl']] = (r, cfg['params_out'])
+          if 'round_s_mean' in r:
+            prev[cfg['impl']] = r
+        for impl in impls:
+          r = rows[impl][0]
           r.pop('params_out', None)
           results.append(r)
-          rows[impl] = (r, cfg['params_out'])
           print(progress(r), flush=True)
         paths = [rows[i][1] for i in ('naive', 'engine') if i in rows]
         if len(paths) == 2 and all(p and os.path.exists(p) for p in paths):
@@ -369,6 +379,10 @@ def main(argv=None):
                       emnist_data=args.emnist_dir or 'generated'),
         method=dict(
             isolation='one subprocess per configuration',
+            interleaving=(
+                f'the implementations of a (workload, C) are timed in turns: '
+                f'{args.segments} segments of time_budget/{args.segments} s '
+                'each, so drift of the machine speed hits them alike'),
             cpu_devices_engine=args.cpu_devices, cpu_devices_naive=1,
             first_round='round 0 wall time, includes tracing and compilation',
             warmup_rounds='1, unless round 0 took longer than time_budget',

@@ -50,12 +50,27 @@ def test_quick_suite_writes_rows_for_engine_and_naive(tmp_path):
                 'rss_after_setup_mib'):
       assert r[key] > 0, key
     assert r['compile_s_est'] >= 0
-    assert r['rounds_timed'] >= 1
+    # Timed in turns with the other implementation: 5 segments, a round
+    # or more in each.
+    assert r['timing_segments'] == 5 and r['rounds_timed'] >= 5
     assert r['flops_per_round'] == 2400 * 10 * 10 * 20
   assert rows['naive']['xla_step_flops'] > 0
   [check] = result['checks']
   assert check['ok'] and check['same_initial_params'], check
   assert set(result['targets']) == {'flops_reported_against_matmul_peak'}
+
+
+def test_interleaved_timing_survives_a_failing_worker():
+  import harness  # pylint: disable=g-import-not-at-top
+  good = dict(kind='round', workload='synthetic_logistic', clients=4,
+              impl='engine', devices=2, num_clients=20, min_rounds=2,
+              max_rounds=4, time_budget=0.2, config_budget=60)
+  bad = dict(good, impl='no_such_implementation')
+  rows = harness.run_interleaved([bad, good], segments=2, timeout=300)
+  assert 'no_such_implementation' in rows[0]['error']
+  assert rows[1]['impl'] == 'engine' and 'error' not in rows[1]
+  # At most max_rounds / segments rounds a turn, at least one.
+  assert 2 <= rows[1]['rounds_timed'] <= 4
 
 
 def _matmul_flops(jaxpr):
