@@ -303,7 +303,8 @@ def gather(features: Mapping[str, Array], rows):
   """Gathers store rows ``[...]`` into batches ``[..., *feature_shape]``."""
   if isinstance(rows, np.ndarray):
     return {n: np.take(v, rows, axis=0) for n, v in features.items()}
-  return {n: jnp.take(v, rows, axis=0, mode='clip')
+  # Plans only hold rows of the store, so no bounds handling is needed.
+  return {n: v.at[rows].get(mode='promise_in_bounds')
           for n, v in features.items()}
 
 
