@@ -159,14 +159,30 @@ def make_runner(cfg, setup):
   raise ValueError(f'unknown implementation {impl!r}')
 
 
+_COMPILE_S = [0.0]   # seconds JAX spent tracing, lowering and compiling
+
+
+def _count_compile_time():
+  """Adds JAX's compile-duration events up in ``_COMPILE_S`` (once)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if getattr(_count_compile_time, 'done', False):
+    return
+  def listener(name, seconds, **_):
+    if name.startswith('/jax/core/compile/'):
+      _COMPILE_S[0] += seconds
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  _count_compile_time.done = True
+
+
 class RoundTimer:
   """Rounds of one configuration, timed in one or more segments.
 
   Construction builds the workload and runner, times round 0 (``first
   round``: tracing and compilation included), saves the params after it when
   ``params_out`` is set, and runs one warm-up round unless round 0 alone took
-  longer than ``time_budget``. :meth:`segment` then times calls (each ended
-  by ``jax.block_until_ready``); :meth:`result` is the row.
+  longer than ``time_budget``. JAX's compile-duration events during round 0
+  give ``compile_s``. :meth:`segment` then times calls (each ended by
+  ``jax.block_until_ready``); :meth:`result` is the row.
   """
 
   def __init__(self, cfg):
@@ -183,8 +199,13 @@ class RoundTimer:
     self.ids = wl.cohorts(self.setup.train.num_clients, cfg['clients'],
                           2 + self.max_rounds)
     initial = runner.params() if cfg.get('params_out') else None
+    _count_compile_time()
+    compiled_before = _COMPILE_S[0]
     self.start = time.perf_counter()
     self.first_s = self._call(0)
+    # Tracing, lowering and XLA compilation of every program round 0 built,
+    # as JAX's own compile-duration events report them.
+    self.compile_s = _COMPILE_S[0] - compiled_before
     self.r = self.rounds_per_call = self.last_n
     if cfg.get('params_out'):
       save_params(cfg['params_out'], initial, runner.params())
@@ -211,21 +232,20 @@ class RoundTimer:
 
     Also stops once ``max_rounds`` rounds are timed in the segment or in
     all, or when one more call would end past ``config_budget`` seconds
-    after round 0 started; at least one call is timed unless the
-    configuration is done.
+    after round 0 started; the configuration's first timed call always
+    runs.
     """
     import numpy as np  # pylint: disable=g-import-not-at-top
     busy0 = cpu_busy_s()
     start = time.perf_counter()
     timed = 0
     while not self.done and timed < (max_rounds or self.max_rounds):
-      if timed:
-        now = time.perf_counter()
-        if timed >= min_rounds and now - start > budget_s:
-          break
-        if (now - self.start + self.rounds_per_call * float(
-            np.mean(self.times)) > self.config_budget):
-          break
+      now = time.perf_counter()
+      if timed and timed >= min_rounds and now - start > budget_s:
+        break
+      if self.times and (now - self.start + self.rounds_per_call * float(
+          np.mean(self.times)) > self.config_budget):
+        break
       dt = self._call(self.r)
       n = self.last_n
       self.times.extend([dt / n] * n)
@@ -254,6 +274,7 @@ class RoundTimer:
         first_round_s=self.first_s,
         warmup_round_s=self.warmup_s,
         compile_s_est=max(self.first_s - self.rounds_per_call * median, 0.0),
+        compile_s=self.compile_s,
         rounds_timed=int(times.size),
         round_s_mean=mean,
         round_s_median=median,

@@ -68,10 +68,12 @@ def estimate(prev, clients):
   """Seconds one configuration needs at least, from a smaller measured one.
 
   Round time is taken as linear in the clients per round; the minimum run is
-  compilation, the first round and one timed round.
+  compilation, the first call and one timed call (a fused call runs
+  ``rounds_per_call`` rounds).
   """
   round_s = prev['round_s_median'] * clients / prev['clients']
-  return dict(round_s=round_s, total_s=prev['compile_s_est'] + 2 * round_s,
+  call_s = round_s * prev.get('rounds_per_call', 1)
+  return dict(round_s=round_s, total_s=prev['compile_s_est'] + 2 * call_s,
               from_clients=prev['clients'])
 
 
@@ -89,6 +91,12 @@ def label(r):
   return s
 
 
+def compile_s(r):
+  """Measured compile seconds (JAX's events), else the estimate."""
+  measured = r.get('compile_s')
+  return r['compile_s_est'] if measured is None else measured
+
+
 def speedups(results):
   naive = {(r['workload'], r['clients']): r['round_s_mean'] for r in results
            if r['impl'] == 'naive' and 'round_s_mean' in r}
@@ -100,7 +108,7 @@ def speedups(results):
 def table(results, peak):
   lines = [
       '| workload | C | implementation | devices | s/round (mean) | median '
-      '| rounds | first round (incl. compile) s | compile (est.) s '
+      '| rounds | first round (incl. compile) s | compile s '
       '| examples/s | speedup vs naive | GFLOP/round | achieved GFLOP/s '
       '| % of matmul peak | peak RSS MiB (after setup) | others\' CPU |',
       '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:'
@@ -120,7 +128,7 @@ def table(results, peak):
     lines.append(
         head + f"{r['devices']} | {r['round_s_mean']:.4f} | "
         f"{r['round_s_median']:.4f} | {r['rounds_timed']} | "
-        f"{r['first_round_s']:.2f} | {r['compile_s_est']:.2f} | "
+        f"{r['first_round_s']:.2f} | {compile_s(r):.2f} | "
         f"{r['examples_per_s']:,.0f} | "
         + (f'{s:.2f}x' if s is not None else '-') + ' | '
         f"{gflop} | {r['flops_per_s'] / 1e9:,.1f} | "
@@ -151,11 +159,11 @@ def targets(results, peak):
   cnn = [r for r in results if r['workload'] == 'emnist_cnn'
          and r['impl'] != 'naive' and 'compile_s_est' in r]
   if cnn:
-    worst = max(cnn, key=lambda r: r['compile_s_est'])
-    ok = worst['compile_s_est'] < CNN_COMPILE_TARGET_S
+    worst = max(cnn, key=compile_s)
+    ok = compile_s(worst) < CNN_COMPILE_TARGET_S
     verdicts['emnist_cnn_compile_under_10s'] = ok
-    lines.append(f"- emnist_cnn: engine compile (est.) at most "
-                 f"{worst['compile_s_est']:.1f} s (C={worst['clients']}; first "
+    lines.append(f"- emnist_cnn: engine compile at most "
+                 f"{compile_s(worst):.1f} s (C={worst['clients']}; first "
                  f"round {worst['first_round_s']:.1f} s) -> "
                  f"{'PASS' if ok else 'FAIL'} (< {CNN_COMPILE_TARGET_S:g} s)")
   measured = [r for r in results if 'flops_per_s' in r]
@@ -385,6 +393,8 @@ def main(argv=None):
                 'each, so drift of the machine speed hits them alike'),
             cpu_devices_engine=args.cpu_devices, cpu_devices_naive=1,
             first_round='round 0 wall time, includes tracing and compilation',
+            compile='tracing, lowering and XLA compilation during round 0, '
+                    "summed from JAX's /jax/core/compile/* duration events",
             warmup_rounds='1, unless round 0 took longer than time_budget',
             timed_rounds='until max_rounds, or time_budget s once min_rounds '
                          'are timed, or when the next round would end past '
