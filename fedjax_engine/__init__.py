@@ -4,6 +4,17 @@ Public API. Implementation modules are imported here name by name; anything
 not re-exported is private.
 """
 
+import os as _os
+
+# In a source checkout algorithms/ and datasets/ sit beside this folder, and
+# pyproject.toml installs them as fedjax_engine.algorithms/.datasets. When
+# the checkout itself is imported (``python -m fedjax_engine.train`` run
+# from the repository root, which puts the root first on sys.path), look
+# for those subpackages beside this folder too.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, 'algorithms')):
+  __path__.append(_os.path.dirname(_here))  # pylint: disable=undefined-variable
+
 from fedjax_engine import tree as tree
 from fedjax_engine.aggregate import Aggregator as Aggregator
 from fedjax_engine.aggregate import weighted_mean as weighted_mean

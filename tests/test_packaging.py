@@ -56,6 +56,24 @@ def test_no_top_level_package_shadowing(name, tmp_path):
   assert not pathlib.Path(path).resolve().is_relative_to(REPO.resolve()), path
 
 
+def test_checkout_imports_from_the_repository_root():
+  # `pip install . && python -m fedjax_engine.train` from the repository
+  # root imports the checkout (the root is first on sys.path), not the
+  # installed wheel; algorithms/ and datasets/ must resolve beside it. The
+  # editable install's finder, which would also resolve them, is removed.
+  code = ('import sys; sys.meta_path[:] = [f for f in sys.meta_path '
+          'if "editable" not in repr(f).lower()]; '
+          'import fedjax_engine.train, fedjax_engine as fe; '
+          'print(fe.algorithms.__file__); print(fe.datasets.__file__)')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  paths = [pathlib.Path(l) for l in proc.stdout.split()[-2:]]
+  assert paths == [REPO / 'algorithms' / '__init__.py',
+                   REPO / 'datasets' / '__init__.py'], paths
+
+
 def test_distribution_installs_only_fedjax_engine():
   dists = list(importlib.metadata.distributions(name=DIST))
   assert dists, f'{DIST} is not installed'
