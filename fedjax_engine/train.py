@@ -102,6 +102,12 @@ flags.DEFINE_string('data_dir', None, 'Folder holding the dataset\'s files '
                     '(default: the cache, $FEDJAX_ENGINE_DATA or '
                     '~/.cache/fedjax_engine, downloading into it).')
 flags.DEFINE_bool('download', True, 'Download missing files into the cache.')
+flags.DEFINE_integer('max_clients', None, 'Datasets whose loader takes it '
+                     '(stackoverflow_nwp, stackoverflow_tags): load only the '
+                     'first this many clients.')
+flags.DEFINE_integer('max_examples', None, 'Datasets whose loader takes it '
+                     '(stackoverflow_nwp, stackoverflow_tags): keep at most '
+                     'this many examples of each client.')
 flags.DEFINE_integer('num_clients', 1000, 'synthetic, and centralized '
                      'datasets split by --partition: number of clients.')
 flags.DEFINE_enum('partition', 'iid', registry.PARTITIONS, 'How a '
@@ -204,6 +210,14 @@ def _build():
     options = {k: v for k, v in (('data_dir', FLAGS.data_dir),
                                  ('download', FLAGS.download))
                if k in accepted}
+    for name in ('max_clients', 'max_examples'):
+      value = getattr(FLAGS, name)
+      if value is None:
+        continue
+      _check(name in accepted, f'--{name} is not an option of '
+             f'--dataset={FLAGS.dataset}; leave it unset.')
+      _check(value >= 1, f'--{name} must be >= 1, got {value}.')
+      options[name] = value
     loaded = dataset.load(**options)
     train, test = _partition(loaded) if dataset.centralized else loaded
   _check(FLAGS.clients_per_round <= train.num_clients,

@@ -151,6 +151,29 @@ def test_tags_recall_counts_the_test_tags(tmp_path):
   assert record['test_recall_at_5_count'] == pytest.approx(5 / 3)
 
 
+def test_max_clients_and_examples_reach_the_loader(tmp_path):
+  # u1 only, and only its first row in each split: test tags t1, t2.
+  record = _run(tmp_path, 'stackoverflow_tags', 'multilabel_logistic',
+                '--max_clients=1', '--max_examples=1', '--clients_per_round=1')
+  assert record['test_recall_at_5_count'] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize('flag', ['--max_clients=1', '--max_examples=0'])
+def test_max_flags_are_checked(tmp_path, flag):
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  dataset = 'stackoverflow_tags' if 'examples' in flag else 'leaf_sent140'
+  (_stackoverflow if 'examples' in flag else _leaf_sent140)(str(folder))
+  result = _train(f'--dataset={dataset}', f'--data_dir={folder}', flag,
+                  '--clients_per_round=1', '--num_rounds=1', '--noprogress',
+                  cwd=tmp_path)
+  assert result.returncode == 2
+  expected = ('--max_examples must be >= 1, got 0.' if 'examples' in flag
+              else '--max_clients is not an option of --dataset=leaf_sent140')
+  assert expected in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
 def test_wrong_model_for_a_dataset_is_one_message(tmp_path):
   folder = tmp_path / 'data'
   folder.mkdir()
