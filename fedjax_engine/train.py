@@ -150,13 +150,21 @@ def _partition(data):
 
 
 def _check_model_fits(model, train):
-  """Traces init, apply and loss on one example, shapes only, so a model
-  that cannot take the dataset's examples stops here with one message."""
-  sample = {k: v[:1] for k, v in train.features.items()}
+  """Traces init, apply and loss on two examples, shapes only, so a model
+  that cannot take the dataset's examples stops here with one message.
+
+  Two, not one: a size-1 example axis would broadcast against a model's
+  extra axis (logits ``[1, 90]`` against labels ``[1, 80]``) unnoticed.
+  """
+  sample = {k: v[:2] for k, v in train.features.items()}
+  n = len(next(iter(sample.values())))
   try:
     params = jax.eval_shape(model.init, jax.random.key(0))
-    jax.eval_shape(lambda p: model.loss(model.apply(p, sample), sample),
-                   params)
+    loss = jax.eval_shape(
+        lambda p: model.loss(model.apply(p, sample), sample), params)
+    if loss.shape != (n,):
+      raise ValueError(f'the loss has shape {loss.shape} on {n} examples, '
+                       f'not ({n},) (one value per example)')
   except Exception as e:  # pylint: disable=broad-except
     shapes = {k: v.shape[1:] for k, v in train.features.items()}
     reason = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)

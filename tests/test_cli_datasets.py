@@ -174,6 +174,22 @@ def test_max_flags_are_checked(tmp_path, flag):
   assert 'Traceback' not in result.stderr
 
 
+def test_model_with_another_label_shape_is_caught(tmp_path):
+  # char_lstm_last predicts one character per example ([B, 90]); TFF
+  # Shakespeare's labels are 80 characters per example. On a single example
+  # the two broadcast; the check uses two and wants one loss per example.
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  _shakespeare(str(folder))
+  result = _train('--dataset=shakespeare', f'--data_dir={folder}',
+                  '--model=char_lstm_last', '--clients_per_round=2',
+                  '--num_rounds=1', '--noprogress', cwd=tmp_path)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert ('--model=char_lstm_last does not take the examples of '
+          '--dataset=shakespeare') in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
 def test_wrong_model_for_a_dataset_is_one_message(tmp_path):
   folder = tmp_path / 'data'
   folder.mkdir()
