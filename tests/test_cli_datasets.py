@@ -158,46 +158,42 @@ def test_max_clients_and_examples_reach_the_loader(tmp_path):
   assert record['test_recall_at_5_count'] == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize('flag', ['--max_clients=1', '--max_examples=0'])
-def test_max_flags_are_checked(tmp_path, flag):
+def _usage_error(tmp_path, dataset, *flags):
+  """stderr of a CLI run on ``dataset``'s files that must stop with exit 2
+  and one message, no traceback."""
   folder = tmp_path / 'data'
   folder.mkdir()
-  dataset = 'stackoverflow_tags' if 'examples' in flag else 'leaf_sent140'
-  (_stackoverflow if 'examples' in flag else _leaf_sent140)(str(folder))
-  result = _train(f'--dataset={dataset}', f'--data_dir={folder}', flag,
-                  '--clients_per_round=1', '--num_rounds=1', '--noprogress',
-                  cwd=tmp_path)
-  assert result.returncode == 2
-  expected = ('--max_examples must be >= 1, got 0.' if 'examples' in flag
-              else '--max_clients is not an option of --dataset=leaf_sent140')
-  assert expected in result.stderr
+  CASES[dataset][1](str(folder))
+  result = _train(f'--dataset={dataset}', f'--data_dir={folder}', *flags,
+                  '--num_rounds=1', '--noprogress', cwd=tmp_path)
+  assert result.returncode == 2, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
+  return result.stderr
+
+
+@pytest.mark.parametrize('dataset, flag, message', [
+    ('leaf_sent140', '--max_clients=1',
+     '--max_clients is not an option of --dataset=leaf_sent140'),
+    ('stackoverflow_tags', '--max_examples=0',
+     '--max_examples must be >= 1, got 0.'),
+])
+def test_max_flags_are_checked(tmp_path, dataset, flag, message):
+  assert message in _usage_error(tmp_path, dataset, flag,
+                                 '--clients_per_round=1')
 
 
 def test_model_with_another_label_shape_is_caught(tmp_path):
   # char_lstm_last predicts one character per example ([B, 90]); TFF
   # Shakespeare's labels are 80 characters per example. On a single example
   # the two broadcast; the check uses two and wants one loss per example.
-  folder = tmp_path / 'data'
-  folder.mkdir()
-  _shakespeare(str(folder))
-  result = _train('--dataset=shakespeare', f'--data_dir={folder}',
-                  '--model=char_lstm_last', '--clients_per_round=2',
-                  '--num_rounds=1', '--noprogress', cwd=tmp_path)
-  assert result.returncode == 2, result.stderr[-2000:]
+  stderr = _usage_error(tmp_path, 'shakespeare', '--model=char_lstm_last',
+                        '--clients_per_round=2')
   assert ('--model=char_lstm_last does not take the examples of '
-          '--dataset=shakespeare') in result.stderr
-  assert 'Traceback' not in result.stderr
+          '--dataset=shakespeare') in stderr
 
 
 def test_wrong_model_for_a_dataset_is_one_message(tmp_path):
-  folder = tmp_path / 'data'
-  folder.mkdir()
-  _leaf_sent140(str(folder))
-  result = _train('--dataset=leaf_sent140', f'--data_dir={folder}',
-                  '--model=emnist_cnn', '--clients_per_round=2',
-                  '--num_rounds=1', '--noprogress', cwd=tmp_path)
-  assert result.returncode == 2
+  stderr = _usage_error(tmp_path, 'leaf_sent140', '--model=emnist_cnn',
+                        '--clients_per_round=2')
   assert ('--model=emnist_cnn does not take the examples of '
-          '--dataset=leaf_sent140') in result.stderr
-  assert 'Traceback' not in result.stderr
+          '--dataset=leaf_sent140') in stderr
