@@ -19,7 +19,6 @@ from fedjax_engine import tree as tree
 from fedjax_engine.aggregate import Aggregator as Aggregator
 from fedjax_engine.aggregate import weighted_mean as weighted_mean
 from fedjax_engine.algorithm import Algorithm as Algorithm
-from fedjax_engine.algorithm import Mean as Mean
 from fedjax_engine.algorithm import RoundInfo as RoundInfo
 from fedjax_engine.algorithm import ServerState as ServerState
 from fedjax_engine.algorithm import local_training as local_training
@@ -30,6 +29,7 @@ from fedjax_engine.data import Batching as Batching
 from fedjax_engine.data import Cohort as Cohort
 from fedjax_engine.data import DeviceData as DeviceData
 from fedjax_engine.data import FederatedData as FederatedData
+from fedjax_engine.model import Mean as Mean
 from fedjax_engine.model import Model as Model
 from fedjax_engine.model import accuracy as accuracy
 from fedjax_engine.model import from_linen as from_linen

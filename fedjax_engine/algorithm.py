@@ -24,21 +24,11 @@ import optax
 
 from fedjax_engine import aggregate as aggregate_lib
 from fedjax_engine import tree
-from fedjax_engine.model import Model
+from fedjax_engine.model import Mean, Model
 
 Array = Any
 Params = Any
 PyTree = Any
-
-
-class Mean(NamedTuple):
-  """A metric as (sum, count), so it adds across steps, clients and devices.
-
-  Client metrics are ``{name: Mean}``; the engine sums them over the cohort
-  and reports ``total / count``.
-  """
-  total: Array
-  count: Array
 
 
 class ServerState(NamedTuple):

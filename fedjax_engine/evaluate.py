@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedjax_engine import data as data_lib
 from fedjax_engine import simulate
-from fedjax_engine.model import Model
+from fedjax_engine.model import Mean, Model
 
 
 class Evaluator:
@@ -65,17 +65,12 @@ class Evaluator:
     self._jitted = jax.jit(self._evaluate)
 
   def __call__(self, params) -> dict:
-    """Metric name -> value, example-weighted and ``<name>_per_client``."""
-    sums, counts = self._jitted(params, self._batches, self._mask,
-                                self._owners)
-    has_data = counts > 0
-    out = {}
-    for name, total in sums.items():
-      out[name] = jnp.sum(total) / jnp.maximum(jnp.sum(counts), 1.0)
-      per_client = jnp.where(has_data, total / jnp.maximum(counts, 1.0), 0.0)
-      out[f'{name}_per_client'] = (jnp.sum(per_client) /
-                                   jnp.maximum(jnp.sum(has_data), 1))
-    return out
+    """Metric name -> value, example-weighted and ``<name>_per_client``.
+
+    Returns once the values are computed: see :func:`simulate.settled`.
+    """
+    return simulate.settled(self._jitted(params, self._batches, self._mask,
+                                         self._owners))
 
   def _evaluate(self, params, batches, mask, owners):
     metrics = {'loss': self.model.loss, **self.model.metrics}
@@ -86,22 +81,40 @@ class Evaluator:
         batch, m, own = inputs
         outputs = self.model.apply(params, batch, train=False)
         w = m.astype(jnp.float32)
-        sums, counts = acc
-        sums = {name: sums[name] + jax.ops.segment_sum(
-            fn(outputs, batch) * w, own, num_segments=k)
-                for name, fn in metrics.items()}
-        return (sums, counts + jax.ops.segment_sum(w, own, num_segments=k)), ()
+        acc = dict(acc)
+        for name, fn in metrics.items():
+          value = fn(outputs, batch)
+          # A plain per-example value counts once per example; a Mean
+          # carries its own count (tokens of a sequence, labels of an
+          # example), so the ratio of sums is over those units.
+          total, count = ((value.total, value.count)
+                          if isinstance(value, Mean) else (value, 1.0))
+          acc[name] = Mean(
+              acc[name].total + jax.ops.segment_sum(total * w, own,
+                                                    num_segments=k),
+              acc[name].count + jax.ops.segment_sum(count * w, own,
+                                                    num_segments=k))
+        return acc, ()
 
       zeros = jnp.zeros(k, jnp.float32)
-      acc0 = ({name: zeros for name in metrics}, zeros)
+      acc0 = {name: Mean(zeros, zeros) for name in metrics}
       acc, _ = simulate.chunked(body, acc0, (batches, mask, owners),
                                 self.batches_per_device)
       return jax.lax.psum(acc, simulate.AXIS)
 
-    return jax.shard_map(
+    sums = jax.shard_map(
         on_device, mesh=self.mesh,
         in_specs=(P(), P(simulate.AXIS), P(simulate.AXIS), P(simulate.AXIS)),
         out_specs=P(), check_vma=False)(params, batches, mask, owners)
+    out = {}
+    for name, m in sums.items():
+      out[name] = jnp.sum(m.total) / jnp.maximum(jnp.sum(m.count), 1e-12)
+      counted = m.count > 0
+      per_client = jnp.where(counted, m.total / jnp.maximum(m.count, 1e-12),
+                             0.0)
+      out[f'{name}_per_client'] = (jnp.sum(per_client) /
+                                   jnp.maximum(jnp.sum(counted), 1))
+    return out
 
 
 def make_evaluate(model: Model, data: data_lib.FederatedData, *,

@@ -24,6 +24,21 @@ Params = Any
 Batch = Mapping[str, Array]
 
 
+class Mean(NamedTuple):
+  """A value as (sum, count), so it adds across examples, steps, clients and
+  devices; it reads as ``total / count``.
+
+  Client metrics of an algorithm are ``{name: Mean}``. A model's metric may
+  also return a ``Mean`` of per-example arrays, for a metric whose unit is
+  not the example: a sequence's correct tokens over its counted tokens, an
+  example's recalled labels over its positive labels. Evaluation then
+  reports the ratio of the sums, which is what papers call token accuracy
+  or micro-averaged recall.
+  """
+  total: Array
+  count: Array
+
+
 class Model(NamedTuple):
   """A model as pure functions.
 
@@ -32,8 +47,10 @@ class Model(NamedTuple):
     apply: ``apply(params, batch, *, key=None, train=False) -> outputs``;
       ``key`` feeds dropout and other training-time randomness.
     loss: ``loss(outputs, batch) -> [batch]`` per-example loss.
-    metrics: name -> ``fn(outputs, batch) -> [batch]`` per-example metric,
-      averaged over examples (and over clients) by the engine.
+    metrics: name -> ``fn(outputs, batch)``, a per-example metric ``[batch]``
+      averaged over examples (and over clients) by evaluation, or a
+      :class:`Mean` of two ``[batch]`` arrays whose sums evaluation divides
+      (a mean over tokens, labels, ...).
   """
   init: Callable[[Array], Params]
   apply: Callable[..., Array]

@@ -135,6 +135,26 @@ def _step_utilization(mask, client_mask) -> Mean:
   return Mean(useful, executed)
 
 
+def settled(outputs):
+  """Returns ``outputs`` once every shard of every array in it is computed.
+
+  Every engine call that runs a program with a cross-device all-reduce ends
+  here, so no later dispatch is queued behind such a program. On CPU, XLA
+  runs each device's part of a multi-device program on a thread pool of
+  about one thread per device, and a part that reaches an all-reduce holds
+  its thread until every other part arrives. Work dispatched ahead, while
+  that program still runs (such as eager operations on its outputs, which
+  JAX dispatches without waiting), can take the remaining threads: a
+  dispatch that finds its device's queue of in-flight computations full
+  blocks its pool thread until the queue drains, which it cannot while the
+  all-reduce waits for a part that has no thread left to run on. The
+  program then never finishes (XLA logs "Expected 2 threads to join the
+  rendezvous"). Waiting here costs the overlap of Python with the device
+  for one call, which fused rounds make small.
+  """
+  return jax.block_until_ready(outputs)
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def _first_rows(tree, n):
   """``x[:n]`` of every leaf, in one dispatch."""
@@ -281,8 +301,8 @@ class Round:
     # first round's inputs the same way keeps one compiled program.
     server_state, client_states = jax.device_put(
         (server_state, client_states), self._replicated)
-    return self._jitted(server_state, client_states, cohort, round_key,
-                        self._store, num_steps=num_steps)
+    return settled(self._jitted(server_state, client_states, cohort,
+                                round_key, self._store, num_steps=num_steps))
 
   def run_rounds(self, server_state, client_states, sampler, rounds_key, *,
                  first_round: int, num_rounds: int, block: int | None = None):
@@ -333,8 +353,10 @@ class Round:
         server_state, client_states, rounds_key, self._store,
         np.int32(first_round), np.int32(num_rounds), sampler=sampler,
         block=block, num_steps=num_steps)
+    server_state, client_states, metrics = settled(
+        (server_state, client_states, metrics))
     if num_rounds < block:
-      metrics = _first_rows(metrics, num_rounds)
+      metrics = settled(_first_rows(metrics, num_rounds))
     return server_state, client_states, metrics
 
   def _device_cohort(self, ids, store) -> data_lib.Cohort:

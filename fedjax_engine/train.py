@@ -262,24 +262,17 @@ def _quiet_jax_startup():
       py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
-# XLA:CPU aborts a cross-device all-reduce whose devices have not all
-# arrived after 20 + 40 s; on a loaded machine one device's thread can be
-# starved that long, so the CLI waits instead (seconds).
-_CPU_COLLECTIVE_TIMEOUT = 3600
-
-
 def _set_cpu_devices():
-  """Must run before JAX creates its CPU backend (the first device query)."""
+  """Must run before JAX creates its CPU backend (the first device query).
+
+  XLA's collective time-outs keep their defaults: an all-reduce whose
+  devices have not all arrived after 20 + 40 s aborts the run rather than
+  letting it hang (see ``simulate.settled`` for why none should wait).
+  """
   count = FLAGS.cpu_devices
   _check(count >= 0, f'--cpu_devices must be >= 0 (0: one per core), got '
          f'{count}.')
-  count = count or os.cpu_count() or 1
-  jax.config.update('jax_num_cpu_devices', count)
-  xla_flags = os.environ.get('XLA_FLAGS', '')
-  if count > 1 and 'collective_call_terminate_timeout' not in xla_flags:
-    os.environ['XLA_FLAGS'] = (
-        f'{xla_flags} --xla_cpu_collective_call_terminate_timeout_seconds='
-        f'{_CPU_COLLECTIVE_TIMEOUT}').strip()
+  jax.config.update('jax_num_cpu_devices', count or os.cpu_count() or 1)
 
 
 def _init_distributed():
