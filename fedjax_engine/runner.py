@@ -1,12 +1,19 @@
 """The experiment loop: rounds, evaluation cadence, metric files, progress.
 
 Every round appends one JSON object to ``<output_dir>/metrics.jsonl`` and
-flushes it, so an interrupted run keeps every finished round. Keys:
+flushes it, so an interrupted run keeps every finished round; a folder that
+already holds a run is refused (:mod:`fedjax_engine.run_dir`). Keys:
 ``round`` (rounds completed), ``seconds`` (the round's wall time; the first
 round's includes compilation), ``train_loss`` and the algorithm's other client
 metrics, and on evaluation rounds ``test_loss``, ``test_accuracy`` (over all
 test examples) and ``test_loss_per_client``, ``test_accuracy_per_client``
-(the mean over clients).
+(the mean over clients). Counts (``round``, ``clients``) are integers.
+
+A non-finite training or test loss, or non-finite parameters, stop the run
+with :class:`Diverged` naming the round (or, with ``on_nonfinite='warn'``,
+log a warning and go on); the metrics up to that round are written first.
+Ctrl-C ends the run with :class:`Interrupted`, which says how many rounds
+were done; their metrics are already written.
 
 Example:
 
@@ -21,29 +28,73 @@ Example:
   ['clients', 'round', 'seconds']
 """
 
-import json
 import math
-import os
 import time
 from typing import Any
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedjax_engine import data as data_lib
 from fedjax_engine import evaluate as evaluate_lib
+from fedjax_engine import run_dir
 from fedjax_engine import sampling
 from fedjax_engine import simulate
 from fedjax_engine.algorithm import Algorithm
 from fedjax_engine.model import Model
 
 
+class Diverged(RuntimeError):
+  """Training produced a non-finite loss or parameters at round ``round``;
+  metrics were written up to round ``written``."""
+
+  def __init__(self, round_num: int, what: str, written: int):
+    super().__init__(f'training diverged at round {round_num}: {what}.')
+    self.round = round_num
+    self.written = written
+
+
+class Interrupted(KeyboardInterrupt):
+  """Ctrl-C during a run; ``rounds`` rounds were done and written."""
+
+  def __init__(self, rounds: int, history: list):
+    super().__init__(f'interrupted after {rounds} rounds')
+    self.rounds = rounds
+    self.history = history
+
+
 def _to_python(metrics: dict) -> dict:
+  """Host numbers: integers stay integers, non-finite floats stay floats."""
   out = {}
   for k, v in metrics.items():
-    v = float(np.asarray(v))
-    out[k] = v if math.isfinite(v) else str(v)
+    v = np.asarray(v)
+    out[k] = int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
   return out
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
+_WATCHED = ('train_loss', 'test_loss')
+
+
+def _nonfinite(records, params) -> Diverged | None:
+  """The first round of ``records`` with a non-finite loss, or non-finite
+  params after the last one."""
+  last = records[-1]['round']
+  for record in records:
+    for key in _WATCHED:
+      value = record.get(key)
+      if isinstance(value, float) and not math.isfinite(value):
+        return Diverged(record['round'], f'{key} is {value}', last)
+  if not bool(simulate.settled(_all_finite(params))):
+    return Diverged(last, 'the parameters are not finite', last)
+  return None
 
 
 def run_experiment(algorithm: Algorithm, model: Model,
@@ -56,7 +107,8 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    eval_batch_size: int = 1024, output_dir: str | None = None,
                    rounds_per_call: int = 10,
                    profile_dir: str | None = None,
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   progress: bool = True,
+                   on_nonfinite: str = 'stop') -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
   Args:
@@ -71,7 +123,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
       randomness.
     client_chunk_size, weighting, gather: see :func:`fedjax_engine.make_round`.
     eval_batch_size: examples per forward pass in evaluation.
-    output_dir: where ``metrics.jsonl`` goes (None: nowhere).
+    output_dir: where ``metrics.jsonl`` goes (None: nowhere); created if
+      missing. A folder that already holds a run's metrics is refused: see
+      :func:`fedjax_engine.run_dir.prepare` to overwrite or move it first.
     rounds_per_call: with ``gather='device'``, rounds fused into one compiled
       call (:meth:`Round.run_rounds`); a call also ends at every evaluation.
       Metrics are written after each call, and each of its rounds is given
@@ -80,6 +134,13 @@ def run_experiment(algorithm: Algorithm, model: Model,
     profile_dir: if set, a JAX profiler trace of the second call (the
       first one compiles) is written there; see the README's "Profiling".
     progress: show a progress bar on stderr.
+    on_nonfinite: ``'stop'`` raises :class:`Diverged` at the first
+      non-finite loss or parameter; ``'warn'`` logs it once and goes on.
+
+  Raises:
+    Diverged: see ``on_nonfinite``.
+    Interrupted: on Ctrl-C, after the finished rounds' metrics are written.
+    fedjax_engine.run_dir.OutputError: the metrics cannot be written.
   """
   if num_rounds < 0:
     raise ValueError(f'num_rounds must be >= 0, got {num_rounds}.')
@@ -87,6 +148,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
     raise ValueError(f'eval_every must be >= 0, got {eval_every}.')
   if rounds_per_call < 1:
     raise ValueError(f'rounds_per_call must be >= 1, got {rounds_per_call}.')
+  if on_nonfinite not in ('stop', 'warn'):
+    raise ValueError(f"on_nonfinite must be 'stop' or 'warn', got "
+                     f'{on_nonfinite!r}.')
   fused = gather == 'device' and rounds_per_call > 1
   rnd = simulate.make_round(
       algorithm, train, batching=batching,
@@ -106,22 +170,24 @@ def run_experiment(algorithm: Algorithm, model: Model,
 
   sink = None
   if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
-    sink = open(os.path.join(output_dir, 'metrics.jsonl'), 'a')
+    run_dir.prepare(output_dir)
+    sink = run_dir.MetricsFile(output_dir)
   bar = None
   if progress:
     from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=num_rounds, unit='round', dynamic_ncols=True)
 
   history = []
+  warned = False
+  r = 0
   try:
     if num_rounds == 0 and evaluate is not None:
       record = {'round': 0, **{f'test_{k}': v for k, v in _to_python(
           evaluate(server_state.params)).items()}}
       history.append(record)
       if sink:
-        sink.write(json.dumps(record) + '\n')
-    r = calls = 0
+        sink.write([record])
+    calls = 0
     while r < num_rounds:
       n = 1
       if fused:
@@ -152,21 +218,29 @@ def run_experiment(algorithm: Algorithm, model: Model,
       seconds = (time.perf_counter() - start) / n
       for record in records:
         record['seconds'] = seconds
-      r += n
-      if evaluate is not None and (r == num_rounds or (
-          eval_every and r % eval_every == 0)):
+      end = r + n
+      if evaluate is not None and (end == num_rounds or (
+          eval_every and end % eval_every == 0)):
         scores = _to_python(evaluate(server_state.params))
         records[-1].update({f'test_{k}': v for k, v in scores.items()})
-      history.extend(records)
       if sink:
-        sink.writelines(json.dumps(record) + '\n' for record in records)
-        sink.flush()
+        sink.write(records)
+      history.extend(records)
+      r = end  # rounds done and written
+      diverged = _nonfinite(records, server_state.params)
+      if diverged and on_nonfinite == 'stop':
+        raise diverged
+      if diverged and not warned:
+        logging.warning('%s Going on (on_nonfinite=warn).', diverged)
+        warned = True
       if bar is not None:
         shown = {k: records[-1][k] for k in ('train_loss', 'test_accuracy')
                  if isinstance(records[-1].get(k), float)}
         bar.set_postfix({k: f'{v:.4f}' for k, v in shown.items()},
                         refresh=False)
         bar.update(n)
+  except KeyboardInterrupt:
+    raise Interrupted(r, history) from None
   finally:
     if bar is not None:
       bar.close()

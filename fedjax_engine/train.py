@@ -21,6 +21,7 @@ starts them on this machine.
 import hashlib
 import inspect
 import logging as py_logging
+import math
 import os
 import sys
 import traceback
@@ -35,6 +36,7 @@ import numpy as np
 from fedjax_engine import data as data_lib
 from fedjax_engine import datasets
 from fedjax_engine import registry
+from fedjax_engine import run_dir
 from fedjax_engine import runner
 from fedjax_engine.datasets import download
 
@@ -75,7 +77,12 @@ flags.DEFINE_integer('client_chunk_size', None, 'Clients trained at once per '
 flags.DEFINE_enum('gather', 'device', ['device', 'host'], 'Gather batches on '
                   'the device inside the round, or on the host.')
 flags.DEFINE_string('output_dir', None, 'Where metrics.jsonl and flags.txt '
-                    'go.')
+                    'go; one run per folder (see --output_exists).')
+flags.DEFINE_enum('output_exists', 'refuse', run_dir.IF_EXISTS, 'When '
+                  '--output_dir already holds a run: refuse to start, '
+                  'overwrite that run, or move it aside to <dir>.N.')
+flags.DEFINE_enum('nonfinite', 'stop', ['stop', 'warn'], 'A non-finite loss '
+                  'or parameter stops the run (exit code 3), or only warns.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
 flags.DEFINE_integer('cpu_devices', 0, 'JAX CPU devices to shard the '
                      'cohort over when running on CPU; 0: one per core. '
@@ -120,6 +127,36 @@ flags.DEFINE_integer('shards_per_client', 2, '--partition=shards: label-'
 flags.DEFINE_float('synthetic_alpha', 1.0, 'synthetic: model heterogeneity.')
 flags.DEFINE_float('synthetic_beta', 1.0, 'synthetic: input heterogeneity.')
 flags.DEFINE_bool('synthetic_iid', False, 'synthetic: the IID variant.')
+
+# Every numeric flag's valid range, checked in one place when the flags are
+# parsed: name -> (test, what the message says is expected). None (unset)
+# passes for flags whose default is None.
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, 'a finite number > 0')
+_NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0,
+                 'a finite number >= 0')
+_FRACTION = (lambda v: 0 <= v < 1, 'in [0, 1)')
+_AT_LEAST_0 = (lambda v: v >= 0, '>= 0')
+_AT_LEAST_1 = (lambda v: v >= 1, '>= 1')
+RANGES = {
+    'num_rounds': _AT_LEAST_0, 'clients_per_round': _AT_LEAST_1,
+    'local_steps': _AT_LEAST_1, 'local_epochs': _AT_LEAST_1,
+    'batch_size': _AT_LEAST_1, 'client_lr': _POSITIVE,
+    'client_momentum': _FRACTION, 'server_lr': _POSITIVE,
+    'server_momentum': _FRACTION, 'server_beta1': _FRACTION,
+    'server_beta2': _FRACTION, 'server_epsilon': _POSITIVE,
+    'eval_every': _AT_LEAST_0, 'eval_batch_size': _AT_LEAST_1,
+    'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
+    'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
+    'num_processes': _AT_LEAST_1, 'process_id': _AT_LEAST_0,
+    'max_clients': _AT_LEAST_1, 'max_examples': _AT_LEAST_1,
+    'num_clients': _AT_LEAST_1, 'dirichlet_alpha': _POSITIVE,
+    'shards_per_client': _AT_LEAST_1, 'synthetic_alpha': _NON_NEGATIVE,
+    'synthetic_beta': _NON_NEGATIVE,
+}
+for _name, (_test, _expected) in RANGES.items():
+  flags.register_validator(
+      _name, lambda v, test=_test: v is None or test(v),
+      message=f'--{_name} must be {_expected}')
 
 
 class UsageError(ValueError):
@@ -174,29 +211,16 @@ def _check_model_fits(model, train):
 
 
 def _build():
-  """Turns flags into the experiment's pieces, validating along the way."""
-  _check(FLAGS.num_rounds >= 0,
-         f'--num_rounds must be >= 0, got {FLAGS.num_rounds}.')
-  _check(FLAGS.clients_per_round >= 1,
-         f'--clients_per_round must be >= 1, got {FLAGS.clients_per_round}.')
-  _check(FLAGS.batch_size >= 1,
-         f'--batch_size must be >= 1, got {FLAGS.batch_size}.')
-  _check(FLAGS.eval_every >= 0,
-         f'--eval_every must be >= 0, got {FLAGS.eval_every}.')
-  _check(FLAGS.eval_batch_size >= 1,
-         f'--eval_batch_size must be >= 1, got {FLAGS.eval_batch_size}.')
-  _check(FLAGS.rounds_per_call >= 1,
-         f'--rounds_per_call must be >= 1, got {FLAGS.rounds_per_call}.')
-  _check(FLAGS.client_chunk_size is None or FLAGS.client_chunk_size >= 1,
-         f'--client_chunk_size must be >= 1, got {FLAGS.client_chunk_size}.')
+  """Turns flags into the experiment's pieces, validating along the way.
+
+  Single flags' ranges are checked at parsing (``RANGES``); this checks
+  what depends on several flags or on the data.
+  """
   _check(FLAGS.local_steps is None or FLAGS.local_epochs is None,
          'set only one of --local_steps and --local_epochs.')
   local_steps = FLAGS.local_steps
   if local_steps is None and FLAGS.local_epochs is None:
     local_steps = 10
-  for name in ('local_steps', 'local_epochs'):
-    value = getattr(FLAGS, name)
-    _check(value is None or value >= 1, f'--{name} must be >= 1, got {value}.')
   batching = data_lib.Batching(batch_size=FLAGS.batch_size,
                                local_steps=local_steps,
                                local_epochs=FLAGS.local_epochs)
@@ -206,8 +230,6 @@ def _build():
   dataset = registry.resolve(registry.DATASETS, FLAGS.dataset, kind='dataset')
   model_factory = registry.resolve(registry.MODELS, FLAGS.model, kind='model')
 
-  _check(FLAGS.num_clients >= 1,
-         f'--num_clients must be >= 1, got {FLAGS.num_clients}.')
   if FLAGS.dataset == 'synthetic':
     train, test = dataset.load(
         alpha=FLAGS.synthetic_alpha, beta=FLAGS.synthetic_beta,
@@ -224,7 +246,6 @@ def _build():
         continue
       _check(name in accepted, f'--{name} is not an option of '
              f'--dataset={FLAGS.dataset}; leave it unset.')
-      _check(value >= 1, f'--{name} must be >= 1, got {value}.')
       options[name] = value
     loaded = dataset.load(**options)
     train, test = _partition(loaded) if dataset.centralized else loaded
@@ -269,10 +290,8 @@ def _set_cpu_devices():
   devices have not all arrived after 20 + 40 s aborts the run rather than
   letting it hang (see ``simulate.settled`` for why none should wait).
   """
-  count = FLAGS.cpu_devices
-  _check(count >= 0, f'--cpu_devices must be >= 0 (0: one per core), got '
-         f'{count}.')
-  jax.config.update('jax_num_cpu_devices', count or os.cpu_count() or 1)
+  jax.config.update('jax_num_cpu_devices',
+                    FLAGS.cpu_devices or os.cpu_count() or 1)
 
 
 def _init_distributed():
@@ -283,8 +302,7 @@ def _init_distributed():
   the round's all-reduce combines them.
   """
   count, index = FLAGS.num_processes, FLAGS.process_id
-  _check(count >= 1, f'--num_processes must be >= 1, got {count}.')
-  _check(0 <= index < count, f'--process_id must lie in [0, {count}) '
+  _check(index < count, f'--process_id must lie in [0, {count}) '
          f'(--num_processes={count}), got {index}.')
   if count == 1:
     return
@@ -343,11 +361,40 @@ def _exit(code):
   sys.exit(code)
 
 
+# Flags that say where and how a run is shown or written, not what it
+# computes: flags.txt leaves them out, so rerunning from it writes nothing
+# into the old folder and asks for its own --output_dir.
+_OUTPUT_FLAGS = ('output_dir', 'output_exists', 'progress', 'profile_dir')
+
+# Exit codes besides 0: 2 a bad input (flag, data, output folder), 3 the
+# training diverged, 130 interrupted by Ctrl-C (128 + SIGINT, as shells do).
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def _flags_text() -> str:
+  """This program's flags that define the experiment, one per line."""
+  module = sys.modules[__name__]
+  skip = set(_LAYOUT_FLAGS + _OUTPUT_FLAGS)
+  return ''.join(flag.serialize() + '\n' for flag in sorted(
+      FLAGS.get_flags_for_module(module), key=lambda f: f.name)
+                 if flag.name not in skip and flag.value is not None)
+
+
 def _main_exiting_on_error(argv):
-  """``main``, with an unexpected error in a multi-process run ending the
-  process at once (see :func:`_exit`)."""
+  """``main``, with Ctrl-C ending in one line and exit code 130, and an
+  unexpected error in a multi-process run ending the process at once (see
+  :func:`_exit`)."""
   try:
     main(argv)
+  except runner.Interrupted as e:
+    where = (f'; their metrics are in '
+             f'{os.path.join(FLAGS.output_dir, run_dir.METRICS)}'
+             if FLAGS.output_dir and e.rounds else '')
+    print(f'interrupted after {e.rounds} rounds{where}.', file=sys.stderr)
+    _exit(EXIT_INTERRUPTED)
+  except KeyboardInterrupt:
+    print('interrupted before the first round.', file=sys.stderr)
+    _exit(EXIT_INTERRUPTED)
   except Exception:  # pylint: disable=broad-except
     if not jax.distributed.is_initialized():
       raise
@@ -355,32 +402,34 @@ def _main_exiting_on_error(argv):
     _exit(1)
 
 
+def _summary(history) -> dict:
+  """The final test metrics, rounded; non-finite values shown as such."""
+  final = history[-1] if history else {}
+  return {k: round(v, 4) if math.isfinite(v) else v
+          for k, v in final.items()
+          if k.startswith('test_') and isinstance(v, float)}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}', exitcode=2)
   _quiet_jax_startup()
+  output_dir = None
   try:
     _set_cpu_devices()
     _init_distributed()
     if FLAGS.num_processes > 1:
       _check_same_flags()
+    # Every process computes the same metrics; one writes them.
+    lead = jax.process_index() == 0
+    if lead and FLAGS.output_dir:
+      output_dir = FLAGS.output_dir
+      moved = run_dir.prepare(output_dir, if_exists=FLAGS.output_exists)
+      if moved:
+        print(f'moved the earlier run in {output_dir} to {moved}',
+              file=sys.stderr)
+      run_dir.write_text(output_dir, run_dir.FLAGS, _flags_text())
     algorithm, model, train, test, batching = _build()
-  except (UsageError, ValueError, FileNotFoundError,
-          download.DownloadError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    _exit(2)
-  # Every process computes the same metrics; one writes them.
-  lead = jax.process_index() == 0
-  output_dir = FLAGS.output_dir if lead else None
-  if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
-    # Without the process layout, the file reruns the experiment in one
-    # process, or in several through fedjax_engine.launch.
-    lines = FLAGS.flags_into_string().splitlines(keepends=True)
-    with open(os.path.join(output_dir, 'flags.txt'), 'w') as f:
-      f.writelines(l for l in lines
-                   if l.split('=')[0].lstrip('-') not in _LAYOUT_FLAGS)
-  try:
     history = runner.run_experiment(
         algorithm, model, train, test, batching=batching,
         clients_per_round=FLAGS.clients_per_round,
@@ -390,18 +439,24 @@ def main(argv):
         eval_batch_size=FLAGS.eval_batch_size, output_dir=output_dir,
         rounds_per_call=FLAGS.rounds_per_call,
         profile_dir=FLAGS.profile_dir if lead else None,
-        progress=FLAGS.progress and lead)
-  except UsageError as e:
+        progress=FLAGS.progress and lead, on_nonfinite=FLAGS.nonfinite)
+  except runner.Diverged as e:
+    where = (f' Metrics up to round {e.written} are in '
+             f'{os.path.join(output_dir, run_dir.METRICS)}.'
+             if output_dir else '')
+    print(f'error: {e}{where} A smaller learning rate may help; '
+          '--nonfinite=warn keeps going.', file=sys.stderr)
+    _exit(EXIT_DIVERGED)
+  except (UsageError, ValueError, FileNotFoundError,
+          download.DownloadError) as e:
+    # run_dir.OutputError is a ValueError: a bad or full output folder.
     print(f'error: {e}', file=sys.stderr)
-    _exit(2)
-  final = history[-1] if history else {}
-  shown = {k: round(v, 4) for k, v in final.items()
-           if k.startswith('test_') and isinstance(v, float)}
+    _exit(EXIT_USAGE)
   seconds = sum(h.get('seconds', 0.0) for h in history)
   print(f'{len(history)} rounds in {seconds:.1f} s on {jax.device_count()} '
-        f'{jax.default_backend()} device(s); final: {shown}')
+        f'{jax.default_backend()} device(s); final: {_summary(history)}')
   if output_dir:
-    print(f'metrics: {os.path.join(output_dir, "metrics.jsonl")}')
+    print(f'metrics: {os.path.join(output_dir, run_dir.METRICS)}')
 
 
 def _parse_flags(argv):
@@ -410,7 +465,7 @@ def _parse_flags(argv):
     return FLAGS(argv)
   except flags.Error as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USAGE)
 
 
 def run():

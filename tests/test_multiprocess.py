@@ -195,7 +195,6 @@ def test_processes_with_different_flags_all_stop(tmp_path):
 
 
 @pytest.mark.parametrize('flag_values, message', [
-    (dict(num_processes=0), '--num_processes must be >= 1, got 0.'),
     (dict(num_processes=2, process_id=2,
           coordinator_address='127.0.0.1:1234'),
      '--process_id must lie in [0, 2) (--num_processes=2), got 2.'),

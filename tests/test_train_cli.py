@@ -80,8 +80,10 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
 
 @pytest.mark.parametrize('args, message', [
     (['--algorithm=fedfoo'], "unknown algorithm 'fedfoo'"),
-    (['--num_rounds=-1'], '--num_rounds must be >= 0, got -1'),
-    (['--batch_size=0'], '--batch_size must be >= 1, got 0'),
+    (['--num_rounds=-1'], 'flag --num_rounds=-1: --num_rounds must be >= 0'),
+    (['--batch_size=0'], 'flag --batch_size=0: --batch_size must be >= 1'),
+    (['--client_lr=inf'], '--client_lr must be a finite number > 0'),
+    (['--server_momentum=-3'], '--server_momentum must be in [0, 1)'),
     (['--clients_per_round=31'], '--clients_per_round=31 exceeds the 30'),
     (['--model=resnet9000'], "unknown model 'resnet9000'"),
     (['--local_steps=2', '--local_epochs=1'], 'only one of --local_steps'),
@@ -89,7 +91,7 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
     (['--server_optimizer=rmsprop'], '--server_optimizer=rmsprop'),
     (['--model=char_lstm'],
      '--model=char_lstm does not take the examples of --dataset=synthetic'),
-    (['--rounds_per_call=0'], '--rounds_per_call must be >= 1, got 0'),
+    (['--rounds_per_call=0'], '--rounds_per_call must be >= 1'),
     (['--cpu_devices=-1'], '--cpu_devices must be >= 0'),
     (['--algorithm=no_such_module:build'],
      "cannot import algorithm plug-in module 'no_such_module'"),
