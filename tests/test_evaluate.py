@@ -171,3 +171,59 @@ def test_dataset_without_examples_is_refused_clearly():
                                        server_optimizer=optax.sgd(1.0)), d,
                   batching=fe.Batching(batch_size=2, local_steps=1),
                   clients_per_round=1)
+
+
+def _copy_model(vocab):
+  """A sequence model whose prediction at each position is the input token
+  there (logit 5 on ``x``, 0 elsewhere), so a test writes its predictions
+  by hand."""
+  def apply(params, batch, *, key=None, train=False):
+    del params, key, train
+    return 5.0 * jax.nn.one_hot(batch['x'], vocab)
+
+  return fe.Model(init=lambda key: {}, apply=apply,
+                  loss=fe.models.sequence.sequence_loss(0),
+                  metrics=fe.models.sequence.sequence_metrics(0))
+
+
+def test_sequence_accuracy_is_over_tokens_as_papers_report():
+  # Id 0 is pad. Predictions x against targets y; pad positions predict 0,
+  # which would be right if pad counted.
+  clients = {
+      # A: 3 of 4 right.
+      'A': {'x': [[1, 2, 3, 2]], 'y': [[1, 2, 3, 1]]},
+      # B: 0 of 1 right.
+      'B': {'x': [[1, 0, 0, 0]], 'y': [[2, 0, 0, 0]]},
+      # C: 2 of 2 right, then 0 of 1.
+      'C': {'x': [[1, 1, 0, 0], [2, 0, 0, 0]],
+            'y': [[1, 1, 0, 0], [3, 0, 0, 0]]},
+  }
+  data = fe.FederatedData.from_clients(
+      {c: {k: np.array(v, np.int32) for k, v in f.items()}
+       for c, f in clients.items()})
+  # By hand. Token accuracy: (3 + 0 + 2) / (4 + 1 + 3) = 5/8. Per client:
+  # (3/4 + 0/1 + 2/3) / 3 = 17/36. The per-sequence mean instead: (3/4 + 0
+  # + 1 + 0) / 4 = 7/16, and per client (3/4 + 0 + 1/2) / 3 = 5/12.
+  # Cross entropy under logits 5 on one of 4 ids: c = log(1 + 3 e^-5) on a
+  # right token, log(e^5 + 3) = 5 + c on a wrong one; 5 right and 3 wrong
+  # tokens give a token loss of (5c + 3 (5 + c)) / 8 = c + 15/8.
+  c = np.log1p(3 * np.exp(-5.0))
+  expected = {'accuracy': 5 / 8, 'accuracy_per_client': 17 / 36,
+              'sequence_accuracy': 7 / 16,
+              'sequence_accuracy_per_client': 5 / 12,
+              'token_loss': c + 15 / 8}
+  one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('clients',))
+  model = _copy_model(vocab=4)
+  runs = {
+      # 4 sequences in one batch of 4; in batches of 3, the second one
+      # holds 2 padding examples; on every device, one sequence each.
+      'exact': fe.make_evaluate(model, data, batch_size=4, mesh=one_device),
+      'padded': fe.make_evaluate(model, data, batch_size=3, mesh=one_device),
+      'all devices': fe.make_evaluate(model, data, batch_size=4),
+  }
+  assert runs['padded'].batches_per_device * runs['padded'].batch_size == 6
+  for run, evaluate in runs.items():
+    result = evaluate({})
+    for name, value in expected.items():
+      np.testing.assert_allclose(float(result[name]), value, rtol=1e-6,
+                                 err_msg=f'{run}: {name}')

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedjax_engine.model import Mean
 from fedjax_engine.models import cnn
 from fedjax_engine.models import dense
 from fedjax_engine.models import resnet
@@ -293,26 +294,26 @@ def test_sequence_accuracy_excludes_pad_and_chosen_ids():
   np.testing.assert_array_equal(in_vocab(logits, BATCH), [0.5, 0.0, 0.0, 1.0])
 
 
-def test_token_weighted_is_exact_over_masked_examples():
-  """Ratios of the engine's example averages are per-token means."""
+def test_sequence_metrics_count_tokens():
+  """accuracy and token_loss are Means over tokens; evaluation divides their
+  sums (tests/test_evaluate.py)."""
   logits = jnp.asarray(LOGITS)
   metrics = sequence.sequence_metrics(PAD, exclude=(EOS,))
-  per_example = {k: np.asarray(f(logits, BATCH)) for k, f in metrics.items()}
-  # The engine's reduction, with row 3 a padded (masked-out) example.
-  mask = np.array([1.0, 1.0, 1.0, 0.0])
-  averaged = {k: float(np.sum(v * mask) / np.sum(mask))
-              for k, v in per_example.items()}
-  out = sequence.token_weighted(averaged)
-  # Real tokens: row 0 (1 right, 1 wrong), row 1 (2 EOS, excluded from
-  # accuracy), row 2 none.
-  assert out['token_accuracy'] == pytest.approx(1 / 2)
-  assert out['token_loss'] == pytest.approx(
-      (math.log(12) + math.log(8)) / 4)
-  # The per-sequence mean weighs rows, not tokens: (0.5 + 0 + 0) / 3.
-  assert out['accuracy'] == pytest.approx(0.5 / 3)
-  assert sequence.token_weighted(
-      {'token_accuracy_sum': 0.0, 'token_accuracy_count': 0.0}
-  )['token_accuracy'] == 0.0
+  assert sorted(metrics) == ['accuracy', 'sequence_accuracy', 'token_loss']
+  # Accuracy: row 0 1 right of 2; row 1's two EOS and row 2 not counted;
+  # row 3 wrong (its argmax is id 3).
+  accuracy = metrics['accuracy'](logits, BATCH)
+  assert isinstance(accuracy, Mean)
+  np.testing.assert_array_equal(accuracy.total, [1, 0, 0, 0])
+  np.testing.assert_array_equal(accuracy.count, [2, 0, 0, 1])
+  # The loss counts EOS: the sums of test_sequence_loss_excludes_pad.
+  token_loss = metrics['token_loss'](logits, BATCH)
+  np.testing.assert_allclose(
+      token_loss.total, [math.log(12), math.log(8), 0.0, ROW3_CE], rtol=1e-6)
+  np.testing.assert_array_equal(token_loss.count, [2, 2, 0, 1])
+  # The per-sequence variant: each row's own fraction.
+  np.testing.assert_array_equal(
+      metrics['sequence_accuracy'](logits, BATCH), [0.5, 0.0, 0.0, 0.0])
 
 
 # ----------------------------------------------------------------------------
@@ -486,19 +487,19 @@ def test_multilabel_loss_and_metrics_by_hand():
   expected = np.mean(np.logaddexp(0.0, np.asarray(logits)) -
                      positives * np.asarray(logits), axis=1)
   np.testing.assert_allclose(model.loss(logits, batch), expected, rtol=1e-6)
-  metrics = {name: fn(logits, batch).tolist()
-             for name, fn in model.metrics.items()}
+  assert sorted(model.metrics) == ['precision', 'recall_at_2']
+  recall = model.metrics['recall_at_2'](logits, batch)
+  precision = model.metrics['precision'](logits, batch)
   # Top 2 of row 0 are labels 0 and 1: one of its two tags. Row 1 ties at
-  # 0: top_k takes the first indices, not label 5.
-  assert metrics['recall_at_2_sum'] == [1.0, 0.0]
-  assert metrics['recall_at_2_count'] == [2.0, 1.0]
-  # Predicted (logit > 0): labels 0, 1, 2 in row 0, two of them right.
-  assert metrics['precision_sum'] == [2.0, 0.0]
-  assert metrics['precision_count'] == [3.0, 0.0]
-  ratios = sequence.token_weighted(
-      {k: float(np.mean(v)) for k, v in metrics.items()})
-  assert ratios['recall_at_2'] == pytest.approx(1 / 3)
-  assert ratios['precision'] == pytest.approx(2 / 3)
+  # 0: top_k takes the first indices, not label 5. Evaluated, recall@2 is
+  # (1 + 0) / (2 + 1) = 1/3.
+  assert isinstance(recall, Mean)
+  assert recall.total.tolist() == [1.0, 0.0]
+  assert recall.count.tolist() == [2.0, 1.0]
+  # Predicted (logit > 0): labels 0, 1, 2 in row 0, two of them right; none
+  # in row 1. Evaluated, precision is 2/3.
+  assert precision.total.tolist() == [2.0, 0.0]
+  assert precision.count.tolist() == [3.0, 0.0]
 
 
 def test_multilabel_argument_errors():

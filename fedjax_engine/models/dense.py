@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_engine.model import Model, from_linen
+from fedjax_engine.model import Mean, Model, from_linen
 
 
 class Dense(nn.Module):
@@ -94,16 +94,17 @@ def sigmoid_cross_entropy(logits, batch):
 
 
 def multilabel_metrics(*, top_k: int = 5) -> dict:
-  """Per-example ``_sum``/``_count`` pairs of recall@k and precision.
+  """Micro-averaged recall@k and precision, as a :class:`Mean` per example.
 
-  ``recall_at_<k>_sum``: positive labels among the ``top_k`` highest logits;
-  ``recall_at_<k>_count``: positive labels. ``precision_sum``: positive
-  labels predicted (probability above 0.5, logit above 0);
-  ``precision_count``: labels predicted. The engine averages each over
-  examples, so a pair's ratio is the dataset's micro-averaged recall@k and
-  precision, Keras' ``Recall(top_k=5)`` and ``Precision()`` that TFF's
-  Stack Overflow tag task reports; :func:`fedjax_engine.models.sequence.
-  token_weighted` forms the ratios.
+  ``recall_at_<k>``: ``Mean(positive labels among the top_k highest logits,
+  positive labels)``. ``precision``: ``Mean(positive labels predicted,
+  labels predicted)``, a label predicted when its probability is above 0.5
+  (logit above 0). Evaluation divides the sums over all examples, so these
+  are the dataset's micro-averaged recall@k and precision, Keras'
+  ``Recall(top_k=5)`` and ``Precision()`` that TFF's Stack Overflow tag task
+  reports; the ``_per_client`` values average each client's own. An example
+  without positive labels adds nothing to recall, one without predicted
+  labels nothing to precision.
   """
   if not isinstance(top_k, int) or top_k < 1:
     raise ValueError(f'top_k must be a positive integer, got {top_k!r}.')
@@ -111,25 +112,18 @@ def multilabel_metrics(*, top_k: int = 5) -> dict:
   def positives(batch):
     return (batch['y'] > 0).astype(jnp.float32)
 
-  def recall_sum(logits, batch):
+  def recall(logits, batch):
+    labels = positives(batch)
     _, top = jax.lax.top_k(logits, top_k)
-    return jnp.sum(jnp.take_along_axis(positives(batch), top, axis=-1),
-                   axis=-1)
+    return Mean(jnp.sum(jnp.take_along_axis(labels, top, axis=-1), axis=-1),
+                jnp.sum(labels, axis=-1))
 
-  def recall_count(logits, batch):
-    del logits
-    return jnp.sum(positives(batch), axis=-1)
+  def precision(logits, batch):
+    predicted = (logits > 0).astype(jnp.float32)
+    return Mean(jnp.sum(positives(batch) * predicted, axis=-1),
+                jnp.sum(predicted, axis=-1))
 
-  def precision_sum(logits, batch):
-    return jnp.sum(positives(batch) * (logits > 0), axis=-1)
-
-  def precision_count(logits, batch):
-    del batch
-    return jnp.sum((logits > 0).astype(jnp.float32), axis=-1)
-
-  return {f'recall_at_{top_k}_sum': recall_sum,
-          f'recall_at_{top_k}_count': recall_count,
-          'precision_sum': precision_sum, 'precision_count': precision_count}
+  return {f'recall_at_{top_k}': recall, 'precision': precision}
 
 
 def multilabel_logistic_regression(*, num_features: int, num_labels: int,
@@ -153,10 +147,10 @@ def multilabel_logistic_regression(*, num_features: int, num_labels: int,
     >>> logits = model.apply(params, batch)
     >>> logits.shape, model.loss(logits, batch).shape
     ((1, 6), (1,))
-    >>> model.metrics['recall_at_5_count'](logits, batch)   # 2 tags present
+    >>> model.metrics['recall_at_5'](logits, batch).count   # 2 tags present
     Array([2.], dtype=float32)
     >>> sorted(model.metrics)
-    ['precision_count', 'precision_sum', 'recall_at_5_count', 'recall_at_5_sum']
+    ['precision', 'recall_at_5']
   """
   if isinstance(top_k, int) and top_k > num_labels:
     raise ValueError(f'top_k={top_k} exceeds num_labels={num_labels}.')

@@ -3,8 +3,8 @@
 The language models read int token ids ``x [B, T]`` and return next-token
 logits at every position, ``[B, T, V]``; targets ``y [B, T]`` are the inputs
 shifted by one, right-padded with ``pad_id``. Loss and metrics come from
-:mod:`fedjax_engine.models.sequence` (pad excluded; see there for how the
-engine's per-example averages relate to per-token numbers). The Sent140
+:mod:`fedjax_engine.models.sequence` (pad excluded; ``accuracy`` is token
+accuracy, ``sequence_accuracy`` the per-sequence mean). The Sent140
 classifier (:func:`sent140_lstm`) reads word ids and returns class logits
 ``[B, C]``, one row per sequence.
 
@@ -220,10 +220,8 @@ def char_lstm(*, vocab_size: int, embed_dim: int = 8, hidden: int = 256,
     >>> for name in sorted(model.metrics):  # the engine adds 'loss' itself
     ...   print(name)
     accuracy
-    token_accuracy_count
-    token_accuracy_sum
-    token_loss_count
-    token_loss_sum
+    sequence_accuracy
+    token_loss
   """
   module = CharLSTM(vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden,
                     num_layers=num_layers, last_only=last_only)

@@ -5,29 +5,25 @@ targets; the model returns logits ``[B, T, V]``. Target positions equal to
 ``pad_id`` (0 by the FedJAX/TFF convention) are not tokens: they count in no
 loss and no metric. Sequences are right-padded.
 
-**Weighting.** The engine reduces every per-example value the same way:
-``sum_i mask_i * f_i / sum_i mask_i``, a mean over *examples* (sequences).
-A per-example function cannot see the example mask or the other examples, so
-it cannot turn that into a mean over *tokens* by itself. Two reductions are
-therefore offered, and neither hides which one you get:
+**Weighting.** Evaluation averages a per-example metric over examples, here
+sequences. A metric that returns a :class:`~fedjax_engine.model.Mean` carries
+its own count, and evaluation divides the sum of its totals by the sum of its
+counts. :func:`sequence_metrics` returns ``accuracy`` as ``Mean(correct
+tokens, counted tokens)`` of each sequence, so the reported ``accuracy`` is
+total correct over total counted tokens: the token accuracy of FedJAX's
+``SequenceTokenAccuracy`` and TFF's ``MaskedCategoricalAccuracy``, the number
+papers report. ``token_loss`` is the mean cross entropy per token the same
+way (FedJAX's ``SequenceTokenCrossEntropyLoss``). ``accuracy_per_client`` is
+each client's own token accuracy, averaged over the clients that have a
+counted token. ``sequence_accuracy`` is the per-sequence variant: each
+sequence's fraction correct, averaged over sequences, so a sequence of one
+token weighs as much as one of eighty.
 
-* ``reduction='mean'`` (the default for ``loss`` and ``accuracy``): ``f_i``
-  is sequence ``i``'s mean over its counted tokens (0 if it has none). The
-  engine's average is then a *per-sequence* mean: every sequence counts once,
-  whatever its length.
-* ``reduction='sum'``: ``f_i`` is the sum over sequence ``i``'s counted
-  tokens. Averaged by the engine this is ``total / num_sequences``.
-
-**Exact token-weighted numbers** (what FedJAX's ``SequenceTokenAccuracy`` and
-``SequenceTokenCrossEntropyLoss`` and TFF's ``MaskedCategoricalAccuracy``
-report) come from a ratio of two engine averages over the same examples:
-``mean_i(sum of correct tokens_i) / mean_i(number of tokens_i)`` =
-``total correct / total tokens``, because the example count cancels.
-:func:`sequence_metrics` returns such pairs (``<name>_sum``,
-``<name>_count``) and :func:`token_weighted` divides them. This holds for the
-example-weighted results of evaluation and of client training metrics; the
-``*_per_client`` variants of a ``_sum``/``_count`` pair are per-client means
-of each part, and their ratio is not a per-client token mean.
+The training loss stays per sequence: :func:`sequence_loss` with
+``reduction='mean'`` (the default) is each sequence's mean over its tokens,
+so training, and the ``loss`` evaluation reports, weigh every sequence once;
+``reduction='sum'`` is each sequence's sum, which averaged over sequences is
+``total / num_sequences`` (FedJAX's training loss up to a constant factor).
 
 **Which tokens count.** The loss counts every non-pad target. Accuracy can
 also exclude target ids (``exclude``): FedJAX's Shakespeare and Stack
@@ -39,20 +35,24 @@ OOV ids masked (``tff.simulation.baselines.stackoverflow``; BOS never occurs
 as a target). ``never_predict`` removes ids from the argmax, as FedJAX's
 ``accuracy_in_vocab`` does with its logits mask over pad, BOS, EOS and OOV.
 
-Example:
+Example: two sequences, one right of two tokens and one right of one.
 
   >>> import jax.numpy as jnp
-  >>> logits = jnp.array([[[0., 5.], [5., 0.], [0., 5.]]])   # predicts 1, 0, 1
-  >>> batch = {'y': jnp.array([[1, 1, 0]])}                  # last one is pad
-  >>> sequence_accuracy(0)(logits, batch)                     # 1 of 2 tokens
-  Array([0.5], dtype=float32)
-  >>> sequence_accuracy(0, reduction='sum')(logits, batch)
-  Array([1.], dtype=float32)
-  >>> token_count(0)(logits, batch)
-  Array([2.], dtype=float32)
+  >>> logits = jnp.array([[[0., 5.], [5., 0.], [0., 5.]],    # predicts 1, 0, 1
+  ...                     [[0., 5.], [0., 5.], [0., 5.]]])   # predicts 1, 1, 1
+  >>> batch = {'y': jnp.array([[1, 1, 0], [1, 0, 0]])}       # 0 is pad
+  >>> metrics = sequence_metrics(0)
+  >>> correct, counted = metrics['accuracy'](logits, batch)   # a Mean
+  >>> correct, counted
+  (Array([1., 1.], dtype=float32), Array([2., 1.], dtype=float32))
+  >>> metrics['sequence_accuracy'](logits, batch)
+  Array([0.5, 1. ], dtype=float32)
+
+  Evaluated on these two, ``accuracy`` is (1 + 1) / (2 + 1) = 2/3, and
+  ``sequence_accuracy`` (0.5 + 1) / 2 = 0.75.
 """
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 
@@ -112,7 +112,11 @@ def sequence_loss(pad_id: int = 0, *, reduction: str = 'mean') -> Callable:
 def sequence_accuracy(pad_id: int = 0, *, exclude: Sequence[int] = (),
                       never_predict: Sequence[int] = (),
                       reduction: str = 'mean') -> Callable:
-  """Per-example next-token accuracy over counted targets.
+  """Per-sequence next-token accuracy over counted targets.
+
+  Each sequence's own fraction (or number) correct. Averaged over sequences
+  this is the per-sequence accuracy; the token accuracy papers report is
+  ``accuracy`` of :func:`sequence_metrics`.
 
   Args:
     pad_id: the padding target id, never counted.
@@ -153,55 +157,41 @@ def token_count(pad_id: int = 0, *, exclude: Sequence[int] = ()) -> Callable:
 
 def sequence_metrics(pad_id: int = 0, *, exclude: Sequence[int] = (),
                      never_predict: Sequence[int] = ()) -> dict:
-  """The metrics of a sequence model, per sequence and token-weighted.
+  """The metrics of a sequence model: token means and the per-sequence one.
 
-  Returns a dict of per-example metrics:
+  Args:
+    pad_id: the padding target id, never counted.
+    exclude: more target ids not counted by the accuracies.
+    never_predict: ids the accuracies' argmax never picks.
 
-  * ``accuracy``: per-sequence accuracy (``reduction='mean'``).
-  * ``token_loss_sum`` / ``token_loss_count``: summed cross entropy and number
-    of non-pad tokens.
-  * ``token_accuracy_sum`` / ``token_accuracy_count``: number correct and
-    number counted (pad and ``exclude`` left out).
+  Returns:
+    A dict of metrics ``fn(logits [B, T, V], batch)``:
 
-  The loss is the model's own ``loss``. Feed the engine's results to
-  :func:`token_weighted` to get ``token_loss`` and ``token_accuracy``, the
-  exact means over tokens.
+    * ``accuracy``: token accuracy, ``Mean(correct tokens, counted
+      tokens)`` per sequence (pad and ``exclude`` not counted), which
+      evaluation reports as total correct / total counted.
+    * ``token_loss``: ``Mean(summed cross entropy, non-pad tokens)`` per
+      sequence, reported as the mean cross entropy per token.
+    * ``sequence_accuracy``: the per-sequence variant, each sequence's
+      fraction correct ``[B]``, reported as its mean over sequences.
+
+    The loss is the model's own ``loss`` (:func:`sequence_loss`).
   """
+  correct = sequence_accuracy(pad_id, exclude=exclude,
+                              never_predict=never_predict, reduction='sum')
+  counted = token_count(pad_id, exclude=exclude)
+  summed_loss = sequence_loss(pad_id, reduction='sum')
+  tokens = token_count(pad_id)
+
+  def accuracy(logits, batch):
+    return model_lib.Mean(correct(logits, batch), counted(logits, batch))
+
+  def token_loss(logits, batch):
+    return model_lib.Mean(summed_loss(logits, batch), tokens(logits, batch))
+
   return {
-      'accuracy': sequence_accuracy(pad_id, exclude=exclude,
-                                    never_predict=never_predict),
-      'token_loss_sum': sequence_loss(pad_id, reduction='sum'),
-      'token_loss_count': token_count(pad_id),
-      'token_accuracy_sum': sequence_accuracy(
-          pad_id, exclude=exclude, never_predict=never_predict,
-          reduction='sum'),
-      'token_accuracy_count': token_count(pad_id, exclude=exclude),
+      'accuracy': accuracy,
+      'token_loss': token_loss,
+      'sequence_accuracy': sequence_accuracy(pad_id, exclude=exclude,
+                                             never_predict=never_predict),
   }
-
-
-def token_weighted(results: Mapping[str, float]) -> dict:
-  """Adds ``<name> = <name>_sum / <name>_count`` for every such pair.
-
-  ``results`` are example-weighted averages from the engine (evaluation or
-  client training metrics), so the ratio is the exact mean over tokens.
-  ``*_per_client`` entries are left alone (their ratio is not a per-client
-  token mean). A pair with a zero count gives 0.
-
-  Example:
-
-    >>> results = {'token_accuracy_sum': 1.5, 'token_accuracy_count': 6.0,
-    ...            'accuracy': 0.3}
-    >>> token_weighted(results)['token_accuracy']
-    0.25
-  """
-  out = dict(results)
-  for key, total in results.items():
-    if not key.endswith('_sum'):
-      continue
-    name = key[:-len('_sum')]
-    count = results.get(f'{name}_count')
-    if count is None:
-      continue
-    count = float(count)
-    out[name] = float(total) / count if count > 0 else 0.0
-  return out
