@@ -323,8 +323,9 @@ def _init_distributed():
 _LAYOUT_FLAGS = ('coordinator_address', 'num_processes', 'process_id')
 # Flags that may differ between the processes of one run: the rest define the
 # experiment, which every process must build identically.
-_PER_PROCESS_FLAGS = frozenset(_LAYOUT_FLAGS + ('output_dir', 'progress',
-                                                'data_dir', 'download'))
+_PER_PROCESS_FLAGS = frozenset(_LAYOUT_FLAGS + ('output_dir', 'output_exists',
+                                                'progress', 'data_dir',
+                                                'download'))
 
 
 def _check_same_flags():
