@@ -42,8 +42,18 @@ def fedavg(model: Model, *, client_optimizer: optax.GradientTransformation,
   Returns:
     The algorithm; client outputs are deltas, client metrics ``train_loss``.
   """
+  return from_local_training(
+      algorithm.local_training(model, client_optimizer), server_optimizer)
+
+
+def from_local_training(train, server_optimizer=None) -> algorithm.Algorithm:
+  """FedAvg's round around a local-training function.
+
+  ``train(params, batches, mask, key) -> (params, Mean loss)``, such as
+  :func:`fedjax_engine.local_training` returns; methods that change only
+  the local objective (FedProx) reuse FedAvg's server side this way.
+  """
   server_optimizer = server_optimizer or optax.sgd(1.0)
-  train = algorithm.local_training(model, client_optimizer)
 
   def client_update(server_state, client_state, batches, example_mask, key):
     params, loss = train(server_state.params, batches, example_mask, key)

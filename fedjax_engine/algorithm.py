@@ -137,7 +137,8 @@ def over_steps(step, carry, batches, example_mask):
                             (jnp.zeros((), jnp.int32), carry))[1]
 
 
-def local_training(model: Model, optimizer: optax.GradientTransformation):
+def local_training(model: Model, optimizer: optax.GradientTransformation,
+                   *, proximal_mu: float = 0.0):
   """Local training by ``optimizer`` over a client's batches.
 
   Returns ``train(params, batches [S, B, ...], example_mask [S, B], key) ->
@@ -146,14 +147,24 @@ def local_training(model: Model, optimizer: optax.GradientTransformation):
   :func:`over_steps`; a step whose batch is fully padded leaves params and
   optimizer state untouched, so padding steps change nothing. The reported
   loss is each step's loss before its update.
+
+  ``proximal_mu > 0`` adds FedProx's proximal term ``mu/2 * ||w - w0||^2``
+  to every step's objective, ``w0`` being the params training started from
+  (the server's): its gradient ``mu * (w - w0)`` is added to the loss
+  gradient. The reported loss leaves the term out.
   """
   grad_fn = jax.grad(
       lambda p, b, m, k: masked_loss(model, p, b, m, k), has_aux=True)
 
   def train(params, batches, example_mask, key):
+    start = params
+
     def step(carry, batch, mask, i):
       params, opt_state, loss_sum = carry
       grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, i))
+      if proximal_mu:
+        grads = jax.tree.map(lambda g, w, w0: g + proximal_mu * (w - w0),
+                             grads, params, start)
       updates, new_opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       active = loss.count > 0

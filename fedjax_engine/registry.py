@@ -5,8 +5,11 @@ which is imported, so a lab's own method runs without touching this package:
 ``--algorithm=my_lab.my_method:build``.
 
 * An algorithm factory is called as ``factory(model, **hyperparameters)``;
-  the CLI passes ``client_optimizer`` and ``server_optimizer`` only to
-  factories that take them.
+  the CLI passes ``client_optimizer`` and ``server_optimizer`` (built from
+  its optimizer flags) only to factories that take them, and every other
+  keyword-only parameter becomes a flag of its own (:func:`hyperparameters`):
+  ``--algorithm=fedprox --mu=0.1``, or ``--algorithm=my_lab.method:build
+  --my_param=3`` for a plug-in.
 * A dataset entry is a :class:`DatasetEntry`; its ``load(**options)`` returns
   ``(train, test)`` FederatedData.
 * A model factory is called as ``factory(*, input_shape, num_classes)``.
@@ -19,11 +22,12 @@ Example:
   >>> resolve(ALGORITHMS, 'fedprox2', kind='algorithm')
   Traceback (most recent call last):
   ...
-  ValueError: unknown algorithm 'fedprox2'; known: fedavg, fedsgd, or a plug-in as 'package.module:attribute'.
+  ValueError: unknown algorithm 'fedprox2'; known: fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedsgd, fedyogi, or a plug-in as 'package.module:attribute'.
 """
 
 import functools
 import importlib
+import inspect
 import math
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -50,8 +54,87 @@ class DatasetEntry(NamedTuple):
 
 ALGORITHMS: Mapping[str, Callable] = {
     'fedavg': algorithms.fedavg,
+    'fedavgm': algorithms.fedavg,
+    'fedadam': algorithms.fedavg,
+    'fedyogi': algorithms.fedavg,
+    'fedadagrad': algorithms.fedavg,
+    'fedprox': algorithms.fedprox,
     'fedsgd': algorithms.fedsgd,
 }
+
+# FedAvgM, FedAdam, FedYogi and FedAdagrad are FedAvg with another server
+# optimizer (Reddi et al., "Adaptive Federated Optimization", ICLR 2021):
+# their names set these optimizer flags unless the command line does. The
+# learning rates are within the ranges the paper's grids found best (server
+# lr 10^-2 to 10^-1.5 for adaptive methods on most tasks; Hsu et al. 2019
+# use server momentum 0.9).
+SERVER_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    'fedavgm': {'server_optimizer': 'sgd', 'server_momentum': 0.9},
+    'fedadam': {'server_optimizer': 'adam', 'server_lr': 0.01},
+    'fedyogi': {'server_optimizer': 'yogi', 'server_lr': 0.01},
+    'fedadagrad': {'server_optimizer': 'adagrad', 'server_lr': 0.1},
+}
+
+# Hyperparameters the CLI builds from its own flags rather than taking one
+# flag each.
+OPTIMIZER_ARGUMENTS = ('client_optimizer', 'server_optimizer')
+
+
+class Hyperparameter(NamedTuple):
+  """A keyword-only parameter of an algorithm factory, as the CLI sees it."""
+  name: str
+  type: type          # bool, int, float or str
+  default: Any        # None when the factory has no default
+  help: str
+
+
+def _arg_docs(factory) -> dict:
+  """``name -> text`` from the ``Args:`` section of a Google docstring."""
+  docs, current, in_args = {}, None, False
+  for line in (inspect.getdoc(factory) or '').splitlines():
+    stripped = line.strip()
+    if stripped == 'Args:':
+      in_args = True
+      continue
+    if in_args and stripped and not line.startswith(' '):
+      break   # the next section
+    indent = len(line) - len(line.lstrip())
+    if in_args and indent == 2 and ':' in stripped:
+      current, _, text = stripped.partition(':')
+      docs[current] = text.strip()
+    elif in_args and current and stripped:
+      docs[current] += ' ' + stripped
+  return docs
+
+
+def hyperparameters(factory) -> list[Hyperparameter]:
+  """The keyword-only parameters of ``factory`` that the CLI makes flags.
+
+  The type comes from the default value, else from a bool/int/float/str
+  annotation; a parameter of another type cannot be set from the command
+  line and raises ``ValueError`` unless it has a default.
+  """
+  docs = _arg_docs(factory)
+  simple = {t.__name__: t for t in (bool, int, float, str)}
+  out = []
+  for p in inspect.signature(factory).parameters.values():
+    if p.kind != p.KEYWORD_ONLY or p.name in OPTIMIZER_ARGUMENTS:
+      continue
+    default = None if p.default is p.empty else p.default
+    # The annotation first (``mu: float = 1`` takes 0.5), as a type or, under
+    # ``from __future__ import annotations``, as its name.
+    annotation = p.annotation if isinstance(p.annotation, str) else getattr(
+        p.annotation, '__name__', None)
+    kind = simple.get(annotation, type(default))
+    if kind not in simple.values():
+      if p.default is not p.empty:
+        continue   # settable from Python only
+      raise ValueError(
+          f'hyperparameter {p.name!r} of {factory.__name__} has no default '
+          'and no bool, int, float or str annotation, so no flag can set it.')
+    out.append(Hyperparameter(p.name, kind, default,
+                              docs.get(p.name, f'{factory.__name__}: {p.name}')))
+  return out
 
 DATASETS: Mapping[str, DatasetEntry] = {
     'synthetic': DatasetEntry(datasets.synthetic, num_classes=10),

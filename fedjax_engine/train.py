@@ -266,8 +266,16 @@ def _build():
           momentum=FLAGS.server_momentum, beta1=FLAGS.server_beta1,
           beta2=FLAGS.server_beta2, epsilon=FLAGS.server_epsilon))
   accepted = inspect.signature(factory).parameters
-  algorithm = factory(model, **{k: v for k, v in optimizers.items()
-                                if k in accepted})
+  kwargs = {k: v for k, v in optimizers.items() if k in accepted}
+  for h in registry.hyperparameters(factory):
+    value = FLAGS[h.name].value
+    _check(value is not None, f'--{h.name} is required by '
+           f'--algorithm={FLAGS.algorithm}.')
+    kwargs[h.name] = value
+  try:
+    algorithm = factory(model, **kwargs)
+  except (ValueError, TypeError) as e:
+    raise UsageError(f'--algorithm={FLAGS.algorithm}: {e}') from e
   return algorithm, model, train, test, batching
 
 
@@ -421,6 +429,7 @@ def main(argv):
     _init_distributed()
     if FLAGS.num_processes > 1:
       _check_same_flags()
+    _apply_server_defaults()
     # Every process computes the same metrics; one writes them.
     lead = jax.process_index() == 0
     if lead and FLAGS.output_dir:
@@ -460,13 +469,84 @@ def main(argv):
     print(f'metrics: {os.path.join(output_dir, run_dir.METRICS)}')
 
 
-def _parse_flags(argv):
-  """absl's parser, but a bad flag exits with code 2 and one line."""
+def _algorithm_name(argv) -> str:
+  """The ``--algorithm`` that ``argv`` asks for, flag files included."""
   try:
+    args = FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+  except flags.Error:
+    args = argv[1:]   # absl's parser reports the bad flag file
+  name = FLAGS['algorithm'].default
+  for i, arg in enumerate(args):
+    if arg.startswith('--algorithm='):
+      name = arg.split('=', 1)[1]
+    elif arg == '--algorithm' and i + 1 < len(args):
+      name = args[i + 1]
+  return name
+
+
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+           float: flags.DEFINE_float, str: flags.DEFINE_string}
+
+
+def _define_hyperparameter_flags(argv):
+  """One flag per hyperparameter of the chosen algorithm, plug-ins too.
+
+  The algorithm must be known before absl parses the command line, so that
+  ``--mu=0.1`` is a flag (listed by ``--helpfull``) and not an unknown one.
+  """
+  name = _algorithm_name(argv)
+  factory = registry.resolve(registry.ALGORITHMS, name, kind='algorithm')
+  for h in registry.hyperparameters(factory):
+    if h.name in FLAGS:
+      raise UsageError(f'hyperparameter {h.name!r} of --algorithm={name} '
+                       'has the name of a flag of fedjax_engine.train; '
+                       'rename the parameter.')
+    _DEFINE[h.type](h.name, h.default, f'--algorithm={name}: {h.help}')
+
+
+def _owners(flag_name) -> list[str]:
+  return [n for n, f in sorted(registry.ALGORITHMS.items())
+          if any(h.name == flag_name for h in registry.hyperparameters(f))]
+
+
+def _parse_flags(argv):
+  """absl's parser, but a bad flag exits with code 2 and one line, and a
+  hyperparameter of another algorithm says so."""
+  try:
+    _define_hyperparameter_flags(argv)
     return FLAGS(argv)
-  except flags.Error as e:
+  except flags.UnrecognizedFlagError as e:
+    owners = _owners(e.flagname)
+    if owners:
+      taken = [h.name for h in registry.hyperparameters(registry.resolve(
+          registry.ALGORITHMS, _algorithm_name(argv), kind='algorithm'))]
+      print(f'error: --{e.flagname} is not a hyperparameter of '
+            f'--algorithm={_algorithm_name(argv)} (it takes '
+            f'{", ".join("--" + t for t in taken) or "none"}); '
+            f'--{e.flagname} is one of {", ".join(owners)}.',
+            file=sys.stderr)
+    else:
+      print(f'error: {e}', file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  except (flags.Error, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_USAGE)
+
+
+def _apply_server_defaults():
+  """``--algorithm=fedadam`` and its kin set their server optimizer flags
+  (``registry.SERVER_DEFAULTS``) unless the command line sets them; a
+  contradicting ``--server_optimizer`` is refused."""
+  defaults = registry.SERVER_DEFAULTS.get(FLAGS.algorithm, {})
+  for name, value in defaults.items():
+    flag = FLAGS[name]
+    if not flag.present:
+      flag.value = value
+    elif name == 'server_optimizer' and flag.value != value:
+      raise UsageError(
+          f'--algorithm={FLAGS.algorithm} is fedavg with '
+          f'--server_optimizer={value}, not {flag.value}; drop '
+          f'--server_optimizer or use --algorithm=fedavg.')
 
 
 def run():

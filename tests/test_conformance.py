@@ -14,7 +14,6 @@ server state, as the round donates its inputs.
 """
 
 import functools
-import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import pytest
 
 import fedjax_engine as fe
 from fedjax_engine import data as data_lib
+from fedjax_engine import registry
 
 # (name, build(model) -> Algorithm). Every entry of fedjax_engine.registry's
 # ALGORITHMS must appear here (test_registry_algorithms_are_covered).
@@ -38,6 +38,14 @@ CONFORMANCE_CASES = [
     ('fedavgm', lambda model: fe.algorithms.fedavg(
         model, client_optimizer=optax.sgd(0.1, momentum=0.5),
         server_optimizer=optax.sgd(0.5, momentum=0.9))),
+    ('fedyogi', lambda model: fe.algorithms.fedavg(
+        model, client_optimizer=optax.sgd(0.1),
+        server_optimizer=optax.yogi(1e-2, eps=1e-3))),
+    ('fedadagrad', lambda model: fe.algorithms.fedavg(
+        model, client_optimizer=optax.sgd(0.1),
+        server_optimizer=registry.fed_adagrad(1e-1))),
+    ('fedprox', lambda model: fe.algorithms.fedprox(
+        model, client_optimizer=optax.sgd(0.1, momentum=0.5), mu=0.5)),
     ('fedsgd', lambda model: fe.algorithms.fedsgd(
         model, server_optimizer=optax.sgd(0.5))),
 ]
@@ -235,9 +243,6 @@ def _assert_matches_reference(state, history, expected):
 
 
 def test_registry_algorithms_are_covered():
-  if importlib.util.find_spec('fedjax_engine.registry') is None:
-    pytest.skip('fedjax_engine.registry does not exist yet; nothing to cover.')
-  from fedjax_engine import registry  # pylint: disable=g-import-not-at-top
   covered = {name for name, _ in CONFORMANCE_CASES}
   missing = sorted(set(registry.ALGORITHMS) - covered)
   assert not missing, (

@@ -169,3 +169,37 @@ def test_fedavgm_server_momentum(linear_model, two_clients):
   np.testing.assert_allclose(sorted(float(t) for t in trace),
                              sorted([3 / 64, -83 / 512]), rtol=1e-6)
   assert int(state.round) == 2
+
+
+def test_fedprox_proximal_term(linear_model, two_clients):
+  # FedProx with mu = 1: every step's gradient gains mu * (w - w0), w0 =
+  # (1, 0) the round's starting params. Step 1 starts at w0, so it is
+  # FedAvg's first step; step 2 adds mu * (w1 - w0).
+  #
+  # Client A: w1 = (5/4, 1/8), loss gradient at w1 (above) (-3/16, 0)
+  #   proximal (1/4, 1/8); sum (1/16, 1/8)
+  #   w2 = (5/4 - 1/4*1/16, 1/8 - 1/4*1/8) = (79/64, 3/32)
+  # Client B: w1 = (7/8, 1/8), loss gradient at w1 (1/6, -7/16)
+  #   proximal (-1/8, 1/8); sum (1/24, -5/16)
+  #   w2 = (7/8 - 1/96, 1/8 + 5/64) = (83/96, 13/64)
+  # Example-weighted mean (1/4, 3/4):
+  #   w = 79/256 + 83/128 = 245/256 = 0.95703125
+  #   b = 3/128 + 39/256 = 45/256 = 0.17578125
+  # The reported loss leaves the proximal term out: the losses before each
+  # step are FedAvg's, so train_loss is TRAIN_LOSS.
+  state, history = _run(
+      linear_model, two_clients,
+      lambda model: fe.algorithms.fedprox(
+          model, client_optimizer=optax.sgd(CLIENT_LR), mu=1.0),
+      local_steps=2)
+  _assert_params(state.params, (0.95703125, 0.17578125))
+  np.testing.assert_allclose(history[0]['train_loss'], TRAIN_LOSS, rtol=1e-6)
+
+
+def test_fedprox_without_mu_is_fedavg(linear_model, two_clients):
+  state, _ = _run(
+      linear_model, two_clients,
+      lambda model: fe.algorithms.fedprox(
+          model, client_optimizer=optax.sgd(CLIENT_LR), mu=0.0),
+      local_steps=2)
+  _assert_params(state.params, EXAMPLE_WEIGHTED)

@@ -55,6 +55,7 @@ def _runnable(command):
 
 @pytest.mark.parametrize('command', [c for c in _commands() if _runnable(c)])
 def test_command_runs_as_typed(command, tmp_path):
+  command, _, piped = command.partition('|')
   words = shlex.split(command)
   env_words = [w for w in words[:words.index('python')] if '=' in w]
   env = dict(kv.split('=', 1) for kv in env_words)
@@ -65,4 +66,7 @@ def test_command_runs_as_typed(command, tmp_path):
   result = subprocess.run([sys.executable, *args], capture_output=True,
                           text=True, cwd=tmp_path, env=full_env, timeout=600)
   assert result.returncode == 0, (command, result.stderr[-3000:])
-  assert 'final:' in result.stdout or '[p0]' in result.stdout, result.stdout
+  if piped:   # ... | grep PATTERN: the pattern is in the output
+    assert shlex.split(piped)[-1] in result.stdout
+  else:
+    assert 'final:' in result.stdout or '[p0]' in result.stdout, result.stdout

@@ -104,6 +104,60 @@ def test_cli_bad_flags_exit_2_with_one_message(tmp_path, args, message):
   assert 'Traceback' not in result.stderr
 
 
+def test_cli_hyperparameters_by_flag(tmp_path):
+  out = tmp_path / 'run'
+  result = _train(*SMALL, '--num_rounds=1', '--algorithm=fedprox',
+                  '--mu=0.5', f'--output_dir={out}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert '--mu=0.5' in (out / 'flags.txt').read_text()
+  # fedadam is fedavg with adam, at the server lr its name sets.
+  out = tmp_path / 'adam'
+  result = _train(*SMALL, '--num_rounds=1', '--algorithm=fedadam',
+                  f'--output_dir={out}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  flags_text = (out / 'flags.txt').read_text()
+  assert '--server_optimizer=adam' in flags_text
+  assert '--server_lr=0.01' in flags_text
+  helped = _train('--algorithm=fedprox', '--helpfull', cwd=tmp_path).stdout
+  assert '--mu: --algorithm=fedprox: the proximal coefficient' in helped
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--mu=0.5'], '--mu is not a hyperparameter of --algorithm=fedavg '
+     '(it takes none); --mu is one of fedprox.'),
+    (['--algorithm=fedprox', '--mu=-1'],
+     '--algorithm=fedprox: mu must be a finite number >= 0, got -1.0.'),
+    (['--algorithm=fedadam', '--server_optimizer=sgd'],
+     '--algorithm=fedadam is fedavg with --server_optimizer=adam, not sgd'),
+])
+def test_cli_bad_hyperparameters_exit_2(tmp_path, args, message):
+  result = _train(*SMALL, '--num_rounds=1', *args, cwd=tmp_path)
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_cli_plugin_hyperparameters_are_flags(tmp_path):
+  (tmp_path / 'my_lab_prox.py').write_text(
+      'from fedjax_engine import algorithms\n'
+      'def build(model, *, client_optimizer, server_optimizer, '
+      'strength: float = 1, rounds_seen: int = 0):\n'
+      '  """A plug-in.\n\n  Args:\n    model: the model.\n'
+      '    strength: how hard to pull.\n    rounds_seen: unused.\n  """\n'
+      '  assert isinstance(strength, float) and strength == 0.25\n'
+      '  return algorithms.fedprox(model, client_optimizer=client_optimizer,\n'
+      '                            server_optimizer=server_optimizer,\n'
+      '                            mu=strength)\n')
+  out = tmp_path / 'run'
+  result = _train(*SMALL, '--num_rounds=1', '--algorithm=my_lab_prox:build',
+                  '--strength=0.25', f'--output_dir={out}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert '--strength=0.25' in (out / 'flags.txt').read_text()
+  helped = _train('--algorithm=my_lab_prox:build', '--helpfull',
+                  cwd=tmp_path).stdout
+  assert 'how hard to pull' in helped
+
+
 def test_cli_plugin_algorithm_by_module_path(tmp_path):
   (tmp_path / 'my_lab_method.py').write_text(
       'import optax\n'
