@@ -65,7 +65,9 @@ def test_command_runs_as_typed(command, tmp_path):
   full_env.update(env)
   result = subprocess.run([sys.executable, *args], capture_output=True,
                           text=True, cwd=tmp_path, env=full_env, timeout=600)
-  assert result.returncode == 0, (command, result.stderr[-3000:])
+  # absl ends --help* with exit code 1 after printing the flags.
+  ok_codes = (0, 1) if '--help' in command else (0,)
+  assert result.returncode in ok_codes, (command, result.stderr[-3000:])
   if piped:   # ... | grep PATTERN: the pattern is in the output
     assert shlex.split(piped)[-1] in result.stdout
   else:
