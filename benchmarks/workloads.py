@@ -427,8 +427,10 @@ class NaiveRunner:
         self._step_args = (server_params, self.client_opt.init(server_params),
                            batch, masks[i, 0], keys[i, 0])
     mean_delta = jax.tree.map(lambda t: t / total_weight, total)
-    info = fe.RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
-                        total_weight=jnp.asarray(total_weight, jnp.float32))
+    info = fe.RoundInfo(
+        num_clients=jnp.asarray(len(ids), jnp.int32),
+        total_weight=jnp.asarray(total_weight, jnp.float32),
+        population=jnp.asarray(self.data.num_clients, jnp.int32))
     self.state = self.server_update(self.state, mean_delta, info)
     jax.block_until_ready(self.state)
     return 1

@@ -45,6 +45,8 @@ class RoundInfo(NamedTuple):
   """Facts about the round, passed to ``server_update``."""
   num_clients: Array    # real (unpadded) clients that took part
   total_weight: Array   # sum of their aggregation weights
+  population: Array     # clients in the dataset (int32), e.g. for SCAFFOLD's
+                        # server control variate, a mean over all of them
 
 
 class Algorithm(NamedTuple):

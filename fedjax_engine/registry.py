@@ -22,7 +22,7 @@ Example:
   >>> resolve(ALGORITHMS, 'fedprox2', kind='algorithm')
   Traceback (most recent call last):
   ...
-  ValueError: unknown algorithm 'fedprox2'; known: fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedsgd, fedyogi, or a plug-in as 'package.module:attribute'.
+  ValueError: unknown algorithm 'fedprox2'; known: fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedsgd, fedyogi, scaffold, or a plug-in as 'package.module:attribute'.
 """
 
 import functools
@@ -60,6 +60,7 @@ ALGORITHMS: Mapping[str, Callable] = {
     'fedadagrad': algorithms.fedavg,
     'fedprox': algorithms.fedprox,
     'fedsgd': algorithms.fedsgd,
+    'scaffold': algorithms.scaffold,
 }
 
 # FedAvgM, FedAdam, FedYogi and FedAdagrad are FedAvg with another server

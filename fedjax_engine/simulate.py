@@ -442,11 +442,12 @@ class Round:
       # The round's facts ride on the same all-reduce: one per round. XLA
       # combines all-reduces of one element type only, so the client count
       # travels as float32 (exact below 2^24 clients).
-      info = RoundInfo(
-          num_clients=jnp.sum(per_client['client_mask'].astype(jnp.float32)),
-          total_weight=jnp.sum(per_client['weights']))
-      acc, info = psum_packed((acc, info), AXIS)
-      info = info._replace(num_clients=info.num_clients.astype(jnp.int32))
+      counts = (jnp.sum(per_client['client_mask'].astype(jnp.float32)),
+                jnp.sum(per_client['weights']))
+      acc, (num_clients, total_weight) = psum_packed((acc, counts), AXIS)
+      info = RoundInfo(num_clients=num_clients.astype(jnp.int32),
+                       total_weight=total_weight,
+                       population=jnp.int32(self.data.num_clients))
       return (acc, info), merge_chunks(new_states)
 
     client_spec = jax.tree.map(lambda _: P(AXIS), per_client)

@@ -48,6 +48,9 @@ CONFORMANCE_CASES = [
         model, client_optimizer=optax.sgd(0.1, momentum=0.5), mu=0.5)),
     ('fedsgd', lambda model: fe.algorithms.fedsgd(
         model, server_optimizer=optax.sgd(0.5))),
+    ('scaffold', lambda model: fe.algorithms.scaffold(
+        model, client_optimizer=optax.sgd(0.1),
+        server_optimizer=optax.sgd(0.8))),
 ]
 
 BATCHING = fe.Batching(batch_size=4, local_steps=3)
@@ -72,6 +75,20 @@ def _round_key(r):
 
 def _initial_state(algorithm, model):
   return algorithm.init(model.init(jax.random.key(0)))
+
+
+def _initial_client_state(algorithm, model):
+  """One client's starting state; () for a stateless algorithm."""
+  if algorithm.init_client_state is None:
+    return ()
+  return algorithm.init_client_state(model.init(jax.random.key(0)))
+
+
+def _initial_table(algorithm, model, data):
+  """Every client's starting state, stacked: the engine's state table."""
+  row = _initial_client_state(algorithm, model)
+  return jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (data.num_clients,) + x.shape), row)
 
 
 def _mesh(num_devices):
@@ -171,13 +188,15 @@ def _num_programs(rnd):
 
 
 def _run_engine(rnd, algorithm, model, rounds=ROUNDS):
-  """Runs ``rounds`` from a fresh state; returns (state, [metrics])."""
+  """Runs ``rounds`` from a fresh state and state table; returns ((state,
+  table), [metrics])."""
   state = _initial_state(algorithm, model)
+  table = _initial_table(algorithm, model, rnd.data)
   history = []
   for r, ids in enumerate(rounds):
-    state, _, metrics = rnd(state, (), rnd.select(ids), _round_key(r))
+    state, table, metrics = rnd(state, table, rnd.select(ids), _round_key(r))
     history.append(jax.device_get(metrics))
-  return state, history
+  return (state, table), history
 
 
 def _reference(name, algorithm, model, data, *, batching=BATCHING,
@@ -187,13 +206,16 @@ def _reference(name, algorithm, model, data, *, batching=BATCHING,
   The batches come from the engine's index plan gathered on the host
   (``gather_on_host``), and each client's key is ``fold_in(fold_in(round_key,
   client_id), TRAIN_STREAM)``, so the loop sees exactly the engine's
-  randomness. Returns (state, [{'train_loss', 'clients'}]).
+  randomness. A stateful algorithm's clients read their row of the state
+  table and write it back. Returns ((state, table), [{'train_loss',
+  'clients'}]).
   """
   cache_key = (name, batching, tuple(map(tuple, rounds)))
   if cache_key in _REFERENCES:
     return _REFERENCES[cache_key]
   client_update = _client_update(name, algorithm)
   state = _initial_state(algorithm, model)
+  table = _initial_table(algorithm, model, data)
   history = []
   for r, ids in enumerate(rounds):
     ids = np.asarray(ids, np.int32)
@@ -207,8 +229,10 @@ def _reference(name, algorithm, model, data, *, batching=BATCHING,
     for i in range(len(ids)):
       batches = {k: v[i] for k, v in cohort.batches.items()}
       key = jax.random.fold_in(keys[i], data_lib.TRAIN_STREAM)
-      output, _, metrics = client_update(state, (), batches,
-                                         cohort.example_mask[i], key)
+      row = jax.tree.map(lambda t, c=ids[i]: t[c], table)
+      output, row, metrics = client_update(state, row, batches,
+                                           cohort.example_mask[i], key)
+      table = jax.tree.map(lambda t, v, c=ids[i]: t.at[c].set(v), table, row)
       outputs.append(jax.device_get(output))
       loss_total += float(metrics['train_loss'].total)
       loss_count += float(metrics['train_loss'].count)
@@ -218,15 +242,16 @@ def _reference(name, algorithm, model, data, *, batching=BATCHING,
         / weights.sum(), *outputs)
     aggregate = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), aggregate)
     info = fe.RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
-                        total_weight=jnp.asarray(weights.sum(), jnp.float32))
+                        total_weight=jnp.asarray(weights.sum(), jnp.float32),
+                        population=jnp.asarray(data.num_clients, jnp.int32))
     state = algorithm.server_update(state, aggregate, info)
     history.append({'train_loss': loss_total / loss_count,
                     'clients': len(ids)})
   # The comparison means something only if training moved the params.
   initial = _initial_state(algorithm, model)
   assert _max_abs_diff(state.params, initial.params) > 1e-4
-  _REFERENCES[cache_key] = state, history
-  return state, history
+  _REFERENCES[cache_key] = (state, table), history
+  return (state, table), history
 
 
 def _assert_matches_reference(state, history, expected):
@@ -331,15 +356,16 @@ def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
       batches, mask, extra_steps=2, extra_examples=3,
       rng=np.random.default_rng(0))
   state = _initial_state(algorithm, model)
+  row = _initial_client_state(algorithm, model)
   key = jax.random.key(3)
   client_update = _client_update(name, algorithm)
-  expected = client_update(state, (), trimmed_batches, mask[:3], key)
-  _assert_trees_close(client_update(state, (), batches, mask, key), expected,
+  expected = client_update(state, row, trimmed_batches, mask[:3], key)
+  _assert_trees_close(client_update(state, row, batches, mask, key), expected,
                       rtol=1e-6, atol=1e-7)
-  _assert_trees_close(client_update(state, (), padded_batches, padded_mask,
+  _assert_trees_close(client_update(state, row, padded_batches, padded_mask,
                                     key), expected, rtol=1e-6, atol=1e-7)
   # The garbage would show if it leaked: unmasking it changes the output.
-  leaked = client_update(state, (), padded_batches,
+  leaked = client_update(state, row, padded_batches,
                          np.ones_like(padded_mask), key)
   assert _max_abs_diff(leaked[0], expected[0]) > 1e-3
 
@@ -377,10 +403,12 @@ def test_no_recompilation_after_first_round(case, synthetic_train, model):
   counted = _round(name, algorithm, synthetic_train)
   rnd = counted.round
   state = _initial_state(algorithm, model)
+  table = _initial_table(algorithm, model, synthetic_train)
   # Different clients, different numbers of real clients, different keys.
   cohorts = [[7, 2, 10, 0, 5], [1, 11, 6], [3, 9, 4, 8], [0, 1, 2, 3, 4]]
   for r, ids in enumerate(cohorts):
-    state, _, _ = rnd(state, (), rnd.select(ids), jax.random.key(100 + r))
+    state, table, _ = rnd(state, table, rnd.select(ids),
+                          jax.random.key(100 + r))
     if r == 0:
       traces_after_first = counted.traces
       assert traces_after_first > 0
@@ -420,9 +448,11 @@ def test_same_key_is_bitwise_reproducible(case, synthetic_train, model):
   ids = ROUNDS[0]
 
   def run(key):
-    state = _initial_state(algorithm, model)
-    state, _, metrics = rnd(state, (), rnd.select(ids), jax.random.key(key))
-    return jax.device_get((state, metrics))
+    state, table, metrics = rnd(_initial_state(algorithm, model),
+                                _initial_table(algorithm, model,
+                                               synthetic_train),
+                                rnd.select(ids), jax.random.key(key))
+    return jax.device_get((state, table, metrics))
 
   first, again, other = run(11), run(11), run(12)
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
@@ -509,15 +539,17 @@ def test_fused_rounds_equal_rounds_driven_from_python(case, batching,
                                 key=jax.random.key(3))
   key = jax.random.key(4)
   state = _initial_state(algorithm, model)
+  table = _initial_table(algorithm, model, synthetic_train)
   history = []
   for r in range(3):
-    state, _, metrics = rnd(state, (), rnd.select(sampler(r)),
-                            jax.random.fold_in(key, r))
+    state, table, metrics = rnd(state, table, rnd.select(sampler(r)),
+                                jax.random.fold_in(key, r))
     history.append(jax.device_get(metrics))
-  fused, _, stacked = rnd.run_rounds(_initial_state(algorithm, model), (),
-                                     sampler, key, first_round=0,
-                                     num_rounds=3, block=4)
-  _assert_trees_close(fused, state)
+  fused, fused_table, stacked = rnd.run_rounds(
+      _initial_state(algorithm, model),
+      _initial_table(algorithm, model, synthetic_train), sampler, key,
+      first_round=0, num_rounds=3, block=4)
+  _assert_trees_close((fused, fused_table), (state, table))
   for r, metrics in enumerate(history):
     for metric in ('train_loss', 'clients'):
       np.testing.assert_allclose(stacked[metric][r], metrics[metric],
