@@ -48,6 +48,9 @@ CONFORMANCE_CASES = [
         model, client_optimizer=optax.sgd(0.1, momentum=0.5), mu=0.5)),
     ('fedsgd', lambda model: fe.algorithms.fedsgd(
         model, server_optimizer=optax.sgd(0.5))),
+    ('fednova', lambda model: fe.algorithms.fednova(
+        model, client_optimizer=optax.sgd(0.1),
+        server_optimizer=optax.sgd(0.7))),
     ('scaffold', lambda model: fe.algorithms.scaffold(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.sgd(0.8))),
