@@ -5,9 +5,10 @@ server optimizer (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 """
 
 from fedjax_engine.algorithms.fedavg import fedavg as fedavg
+from fedjax_engine.algorithms.feddyn import feddyn as feddyn
 from fedjax_engine.algorithms.fednova import fednova as fednova
 from fedjax_engine.algorithms.fedprox import fedprox as fedprox
 from fedjax_engine.algorithms.scaffold import scaffold as scaffold
 from fedjax_engine.algorithms.fedsgd import fedsgd as fedsgd
 
-__all__ = ['fedavg', 'fednova', 'fedprox', 'fedsgd', 'scaffold']
+__all__ = ['fedavg', 'feddyn', 'fednova', 'fedprox', 'fedsgd', 'scaffold']
