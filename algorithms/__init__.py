@@ -10,5 +10,7 @@ from fedjax_engine.algorithms.fednova import fednova as fednova
 from fedjax_engine.algorithms.fedprox import fedprox as fedprox
 from fedjax_engine.algorithms.scaffold import scaffold as scaffold
 from fedjax_engine.algorithms.fedsgd import fedsgd as fedsgd
+from fedjax_engine.algorithms.mimelite import mimelite as mimelite
 
-__all__ = ['fedavg', 'feddyn', 'fednova', 'fedprox', 'fedsgd', 'scaffold']
+__all__ = ['fedavg', 'feddyn', 'fednova', 'fedprox', 'fedsgd', 'mimelite',
+           'scaffold']

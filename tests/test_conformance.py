@@ -53,6 +53,8 @@ CONFORMANCE_CASES = [
     ('fednova', lambda model: fe.algorithms.fednova(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.sgd(0.7))),
+    ('mimelite', lambda model: fe.algorithms.mimelite(
+        model, client_optimizer=optax.sgd(0.1), momentum=0.5)),
     ('scaffold', lambda model: fe.algorithms.scaffold(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.sgd(0.8))),
