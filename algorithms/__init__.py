@@ -11,6 +11,7 @@ from fedjax_engine.algorithms.fedprox import fedprox as fedprox
 from fedjax_engine.algorithms.scaffold import scaffold as scaffold
 from fedjax_engine.algorithms.fedsgd import fedsgd as fedsgd
 from fedjax_engine.algorithms.mimelite import mimelite as mimelite
+from fedjax_engine.algorithms.qffl import qffl as qffl
 
 __all__ = ['fedavg', 'feddyn', 'fednova', 'fedprox', 'fedsgd', 'mimelite',
-           'scaffold']
+           'qffl', 'scaffold']

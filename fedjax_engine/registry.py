@@ -22,7 +22,7 @@ Example:
   >>> resolve(ALGORITHMS, 'fedprox2', kind='algorithm')
   Traceback (most recent call last):
   ...
-  ValueError: unknown algorithm 'fedprox2'; known: fedadagrad, fedadam, fedavg, fedavgm, feddyn, fednova, fedprox, fedsgd, fedyogi, mimelite, scaffold, or a plug-in as 'package.module:attribute'.
+  ValueError: unknown algorithm 'fedprox2'; known: fedadagrad, fedadam, fedavg, fedavgm, feddyn, fednova, fedprox, fedsgd, fedyogi, mimelite, qffl, scaffold, or a plug-in as 'package.module:attribute'.
 """
 
 import functools
@@ -63,6 +63,7 @@ ALGORITHMS: Mapping[str, Callable] = {
     'fedprox': algorithms.fedprox,
     'fedsgd': algorithms.fedsgd,
     'mimelite': algorithms.mimelite,
+    'qffl': algorithms.qffl,
     'scaffold': algorithms.scaffold,
 }
 

@@ -55,6 +55,8 @@ CONFORMANCE_CASES = [
         server_optimizer=optax.sgd(0.7))),
     ('mimelite', lambda model: fe.algorithms.mimelite(
         model, client_optimizer=optax.sgd(0.1), momentum=0.5)),
+    ('qffl', lambda model: fe.algorithms.qffl(
+        model, client_optimizer=optax.sgd(0.1), q=1.0, lipschitz=10.0)),
     ('scaffold', lambda model: fe.algorithms.scaffold(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.sgd(0.8))),
