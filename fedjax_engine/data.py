@@ -382,3 +382,4 @@ def gather_on_host(data: FederatedData, cohort: Cohort, round_key, *,
 # Independent random streams derived from one client key.
 DATA_STREAM = 0    # shuffling of the client's examples
 TRAIN_STREAM = 1   # the key handed to client_update (dropout, noise, ...)
+SYSTEM_STREAM = 2  # system heterogeneity: failures and stragglers

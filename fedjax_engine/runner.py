@@ -39,6 +39,7 @@ import numpy as np
 
 from fedjax_engine import data as data_lib
 from fedjax_engine import evaluate as evaluate_lib
+from fedjax_engine import heterogeneity
 from fedjax_engine import run_dir
 from fedjax_engine import sampling
 from fedjax_engine import simulate
@@ -108,7 +109,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    rounds_per_call: int = 10,
                    profile_dir: str | None = None,
                    progress: bool = True,
-                   on_nonfinite: str = 'stop') -> list[dict[str, Any]]:
+                   on_nonfinite: str = 'stop',
+                   system: heterogeneity.SystemHeterogeneity | None = None
+                   ) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
   Args:
@@ -121,7 +124,8 @@ def run_experiment(algorithm: Algorithm, model: Model,
       (0 evaluates only after the last).
     seed: seeds the initial params, the client sampling and every client's
       randomness.
-    client_chunk_size, weighting, gather: see :func:`fedjax_engine.make_round`.
+    client_chunk_size, weighting, gather, system: see
+      :func:`fedjax_engine.make_round`.
     eval_batch_size: examples per forward pass in evaluation.
     output_dir: where ``metrics.jsonl`` goes (None: nowhere); created if
       missing. A folder that already holds a run's metrics is refused: see
@@ -155,7 +159,8 @@ def run_experiment(algorithm: Algorithm, model: Model,
   rnd = simulate.make_round(
       algorithm, train, batching=batching,
       clients_per_round=clients_per_round,
-      client_chunk_size=client_chunk_size, weighting=weighting, gather=gather)
+      client_chunk_size=client_chunk_size, weighting=weighting, gather=gather,
+      system=system)
   evaluate = (evaluate_lib.make_evaluate(model, test,
                                          batch_size=eval_batch_size)
               if test is not None else None)

@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import data as data_lib
+from fedjax_engine import heterogeneity
 from fedjax_engine import tree
 from fedjax_engine.algorithm import Algorithm, Mean, RoundInfo
 
@@ -204,8 +205,10 @@ class Round:
   def __init__(self, algorithm: Algorithm, data: data_lib.FederatedData, *,
                batching: data_lib.Batching, clients_per_round: int,
                client_chunk_size: int | None, mesh: Mesh | None,
-               weighting: str, gather: str):
+               weighting: str, gather: str,
+               system: heterogeneity.SystemHeterogeneity | None = None):
     data.check_not_empty('training')
+    self.system = (system or heterogeneity.SystemHeterogeneity()).validate()
     self.algorithm = algorithm
     self.data = data
     self.batching = batching.validate()
@@ -404,8 +407,15 @@ class Round:
         lambda t: jnp.take(t, ids, axis=0, mode='clip'), client_states)
                      if stateful else ())
     keys = data_lib.client_keys(round_key, ids)
-    per_client = dict(client_ids=ids, client_mask=cohort.client_mask,
-                      weights=cohort.weights, keys=keys, states=cohort_states,
+    client_mask, weights = cohort.client_mask, cohort.weights
+    if self.system.dropout_rate:
+      # A failed client is treated as absent: weight 0, no state written,
+      # no examples (so no work), not counted.
+      client_mask = client_mask & ~heterogeneity.dropped(
+          keys, self.system.dropout_rate)
+      weights = jnp.where(client_mask, weights, 0.0)
+    per_client = dict(client_ids=ids, client_mask=client_mask,
+                      weights=weights, keys=keys, states=cohort_states,
                       batches=cohort.batches, example_mask=cohort.example_mask)
 
     def on_device(server_state, per_client, store):
@@ -415,6 +425,14 @@ class Round:
 
       def run_chunk(chunk):
         batches, mask = self._loader(store, chunk, chunk['keys'], num_steps)
+        if self.system.dropout_rate:   # host-gathered batches of the failed
+          mask = mask & chunk['client_mask'][None, :, None]
+        if self.system.straggler_rate:
+          busy = jax.vmap(algorithm_lib.busy_steps, in_axes=1)(mask)
+          done = heterogeneity.straggler_steps(
+              chunk['keys'], busy, self.system.straggler_rate)
+          mask = mask & (jnp.arange(mask.shape[0])[:, None, None] <
+                         done[None, :, None])
         train_keys = jax.vmap(
             lambda k: jax.random.fold_in(k, data_lib.TRAIN_STREAM))(
                 chunk['keys'])
@@ -461,7 +479,7 @@ class Round:
         server_state, algo.aggregator.finalize(agg_acc), info)
     if stateful:
       table_size = jax.tree.leaves(client_states)[0].shape[0]
-      rows = jnp.where(cohort.client_mask, ids, table_size)
+      rows = jnp.where(client_mask, ids, table_size)
       client_states = jax.tree.map(
           lambda t, new: t.at[rows].set(new, mode='drop'),
           client_states, new_states)
@@ -473,7 +491,9 @@ class Round:
 def make_round(algorithm: Algorithm, data: data_lib.FederatedData, *,
                batching: data_lib.Batching, clients_per_round: int,
                client_chunk_size: int | None = None, mesh: Mesh | None = None,
-               weighting: str = 'examples', gather: str = 'device') -> Round:
+               weighting: str = 'examples', gather: str = 'device',
+               system: heterogeneity.SystemHeterogeneity | None = None
+               ) -> Round:
   """Compiles ``algorithm``'s round over clients of ``data``.
 
   Args:
@@ -491,8 +511,11 @@ def make_round(algorithm: Algorithm, data: data_lib.FederatedData, *,
     gather: ``'device'`` places the example store on every device once and
       gathers batches inside the compiled round; ``'host'`` gathers each
       round's cohort with numpy (for data larger than device memory).
+    system: clients that fail or stop early
+      (:class:`fedjax_engine.heterogeneity.SystemHeterogeneity`); none by
+      default.
   """
   return Round(algorithm, data, batching=batching,
                clients_per_round=clients_per_round,
                client_chunk_size=client_chunk_size, mesh=mesh,
-               weighting=weighting, gather=gather)
+               weighting=weighting, gather=gather, system=system)

@@ -35,6 +35,7 @@ import numpy as np
 
 from fedjax_engine import data as data_lib
 from fedjax_engine import datasets
+from fedjax_engine import heterogeneity
 from fedjax_engine import registry
 from fedjax_engine import run_dir
 from fedjax_engine import runner
@@ -65,6 +66,13 @@ flags.DEFINE_float('server_beta1', 0.9, 'Server adam/yogi beta1.')
 flags.DEFINE_float('server_beta2', 0.99, 'Server adam/yogi beta2.')
 flags.DEFINE_float('server_epsilon', 1e-3, 'Server adam/yogi/adagrad '
                    'epsilon (tau in Reddi et al. 2021).')
+flags.DEFINE_float('client_dropout', 0.0, 'System heterogeneity: fraction '
+                   'of each round\'s clients that fail after training and '
+                   'send nothing.')
+flags.DEFINE_float('stragglers', 0.0, 'System heterogeneity: fraction of '
+                   'each round\'s clients that complete only a uniformly '
+                   'random number (>= 1) of their local steps (FedProx\'s '
+                   'stragglers).')
 flags.DEFINE_enum('weighting', 'examples', ['examples', 'uniform'],
                   'Aggregation weights: client example counts or uniform.')
 flags.DEFINE_integer('eval_every', 50, 'Evaluate every this many rounds (and '
@@ -144,6 +152,7 @@ RANGES = {
     'client_momentum': _FRACTION, 'server_lr': _POSITIVE,
     'server_momentum': _FRACTION, 'server_beta1': _FRACTION,
     'server_beta2': _FRACTION, 'server_epsilon': _POSITIVE,
+    'client_dropout': _FRACTION, 'stragglers': _FRACTION,
     'eval_every': _AT_LEAST_0, 'eval_batch_size': _AT_LEAST_1,
     'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
     'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
@@ -449,7 +458,10 @@ def main(argv):
         eval_batch_size=FLAGS.eval_batch_size, output_dir=output_dir,
         rounds_per_call=FLAGS.rounds_per_call,
         profile_dir=FLAGS.profile_dir if lead else None,
-        progress=FLAGS.progress and lead, on_nonfinite=FLAGS.nonfinite)
+        progress=FLAGS.progress and lead, on_nonfinite=FLAGS.nonfinite,
+        system=heterogeneity.SystemHeterogeneity(
+            dropout_rate=FLAGS.client_dropout,
+            straggler_rate=FLAGS.stragglers))
   except runner.Diverged as e:
     where = (f' Metrics up to round {e.written} are in '
              f'{os.path.join(output_dir, run_dir.METRICS)}.'

@@ -31,7 +31,7 @@ BAD_VALUES = {
     'num_processes': 0, 'process_id': -1, 'max_clients': 0,
     'max_examples': 0, 'num_clients': 0, 'dirichlet_alpha': 0.0,
     'shards_per_client': 0, 'synthetic_alpha': -1.0,
-    'synthetic_beta': math.inf,
+    'synthetic_beta': math.inf, 'client_dropout': 1.0, 'stragglers': -0.5,
 }
 
 
