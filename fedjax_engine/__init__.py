@@ -40,6 +40,7 @@ from fedjax_engine.simulate import make_round as make_round
 from fedjax_engine.evaluate import Evaluator as Evaluator
 from fedjax_engine.evaluate import make_evaluate as make_evaluate
 from fedjax_engine import sampling as sampling
+from fedjax_engine import testing as testing
 from fedjax_engine import heterogeneity as heterogeneity
 from fedjax_engine.heterogeneity import SystemHeterogeneity as SystemHeterogeneity
 from fedjax_engine import models as models

@@ -13,7 +13,6 @@ in this module and shared between tests; every call still starts from a fresh
 server state, as the round donates its inputs.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +23,7 @@ import pytest
 import fedjax_engine as fe
 from fedjax_engine import data as data_lib
 from fedjax_engine import registry
+from fedjax_engine import testing
 
 # (name, build(model) -> Algorithm). Every entry of fedjax_engine.registry's
 # ALGORITHMS must appear here (test_registry_algorithms_are_covered).
@@ -72,18 +72,14 @@ EPOCHS_BATCHING = fe.Batching(batch_size=4, local_epochs=1)
 # client's position in the cohort is unrelated to its id.
 ROUNDS = ([7, 2, 10, 0, 5], [1, 11, 6, 3, 9])
 CLIENTS_PER_ROUND = 5
-# The reference plans every cohort padded to this many clients, so its
-# planning program compiles once per number of steps.
+# The masked-steps test plans its cohort padded to this many clients.
 REFERENCE_COHORT = 8
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _round_key(r):
-  return jax.random.fold_in(jax.random.key(42), r)
-
-
-def _initial_state(algorithm, model):
-  return algorithm.init(model.init(jax.random.key(0)))
+_round_key = testing.round_key
+_initial_state = testing.initial_state
+_initial_table = testing.initial_table
 
 
 def _initial_client_state(algorithm, model):
@@ -93,22 +89,13 @@ def _initial_client_state(algorithm, model):
   return algorithm.init_client_state(model.init(jax.random.key(0)))
 
 
-def _initial_table(algorithm, model, data):
-  """Every client's starting state, stacked: the engine's state table."""
-  row = _initial_client_state(algorithm, model)
-  return jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (data.num_clients,) + x.shape), row)
-
-
 def _mesh(num_devices):
   return jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ('clients',))
 
 
 def _assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL):
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol,
-                               atol=atol)
+  testing.assert_trees_close(actual, expected, 'conformance', rtol=rtol,
+                             atol=atol)
 
 
 def _max_abs_diff(a, b):
@@ -116,27 +103,10 @@ def _max_abs_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _with_feature_dropout(model, rate=0.25):
-  """``model`` dropping input features while training, one mask per step.
-
-  Local training then depends on the key the engine hands each client, so
-  the loop must derive it exactly as the engine does. The mask is drawn per
-  feature, not per example, so it does not depend on the batch size.
-  """
-  def apply(params, batch, *, key=None, train=False):
-    if train and key is not None:
-      x = batch['x']
-      keep = jax.random.bernoulli(key, 1.0 - rate, x.shape[-1:])
-      batch = dict(batch, x=x * keep.astype(x.dtype)[None, :] / (1.0 - rate))
-    return model.apply(params, batch, key=key, train=train)
-
-  return model._replace(apply=apply)
-
-
 @pytest.fixture(scope='module')
 def model(logistic_model):
   """Logistic regression with feature dropout: training uses its keys."""
-  return _with_feature_dropout(logistic_model)
+  return testing.with_feature_dropout(logistic_model)
 
 
 # ------------------------------------------ caches, shared by all the tests
@@ -162,29 +132,14 @@ def _client_update(name, algorithm):
   return _CLIENT_UPDATES[name]
 
 
-class _Counted:
-  """A round whose algorithm counts how often ``client_update`` is traced."""
-
-  def __init__(self, algorithm, data, **config):
-    self.traces = 0
-
-    @functools.wraps(algorithm.client_update)
-    def client_update(*args):
-      self.traces += 1
-      return algorithm.client_update(*args)
-
-    self.round = fe.make_round(
-        algorithm._replace(client_update=client_update), data, **config)
-
-
 def _round(name, algorithm, data, *, batching=BATCHING,
            clients_per_round=CLIENTS_PER_ROUND, num_devices=4,
-           client_chunk_size=None, gather='device') -> _Counted:
+           client_chunk_size=None, gather='device') -> testing.CountingRound:
   """The compiled round of one configuration, built once per module."""
   config = (name, batching, clients_per_round, num_devices, client_chunk_size,
             gather)
   if config not in _ROUNDS:
-    _ROUNDS[config] = _Counted(
+    _ROUNDS[config] = testing.CountingRound(
         algorithm, data, batching=batching,
         clients_per_round=clients_per_round, mesh=_mesh(num_devices),
         client_chunk_size=client_chunk_size, gather=gather)
@@ -210,57 +165,19 @@ def _run_engine(rnd, algorithm, model, rounds=ROUNDS):
 
 def _reference(name, algorithm, model, data, *, batching=BATCHING,
                rounds=ROUNDS):
-  """The rounds as a Python loop over the real clients, numpy aggregation.
-
-  The batches come from the engine's index plan gathered on the host
-  (``gather_on_host``), and each client's key is ``fold_in(fold_in(round_key,
-  client_id), TRAIN_STREAM)``, so the loop sees exactly the engine's
-  randomness. A stateful algorithm's clients read their row of the state
-  table and write it back. Returns ((state, table), [{'train_loss',
-  'clients'}]).
-  """
+  """The rounds as a Python loop over the real clients
+  (:func:`fedjax_engine.testing.reference_rounds`), cached; returns
+  ((state, table), [{'train_loss', 'clients'}])."""
   cache_key = (name, batching, tuple(map(tuple, rounds)))
-  if cache_key in _REFERENCES:
-    return _REFERENCES[cache_key]
-  client_update = _client_update(name, algorithm)
-  state = _initial_state(algorithm, model)
-  table = _initial_table(algorithm, model, data)
-  history = []
-  for r, ids in enumerate(rounds):
-    ids = np.asarray(ids, np.int32)
-    round_key = _round_key(r)
-    cohort = data_lib.select(data, ids, num_padded=REFERENCE_COHORT)
-    cohort = data_lib.gather_on_host(
-        data, cohort, round_key, batching=batching,
-        num_steps=batching.num_steps(int(data.sizes[ids].max())))
-    keys = data_lib.client_keys(round_key, jnp.asarray(ids))
-    outputs, loss_total, loss_count = [], 0.0, 0.0
-    for i in range(len(ids)):
-      batches = {k: v[i] for k, v in cohort.batches.items()}
-      key = jax.random.fold_in(keys[i], data_lib.TRAIN_STREAM)
-      row = jax.tree.map(lambda t, c=ids[i]: t[c], table)
-      output, row, metrics = client_update(state, row, batches,
-                                           cohort.example_mask[i], key)
-      table = jax.tree.map(lambda t, v, c=ids[i]: t.at[c].set(v), table, row)
-      outputs.append(jax.device_get(output))
-      loss_total += float(metrics['train_loss'].total)
-      loss_count += float(metrics['train_loss'].count)
-    weights = data.sizes[ids].astype(np.float64)
-    aggregate = jax.tree.map(
-        lambda *xs: np.tensordot(weights, np.stack(xs).astype(np.float64), 1)
-        / weights.sum(), *outputs)
-    aggregate = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), aggregate)
-    info = fe.RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
-                        total_weight=jnp.asarray(weights.sum(), jnp.float32),
-                        population=jnp.asarray(data.num_clients, jnp.int32))
-    state = algorithm.server_update(state, aggregate, info)
-    history.append({'train_loss': loss_total / loss_count,
-                    'clients': len(ids)})
-  # The comparison means something only if training moved the params.
-  initial = _initial_state(algorithm, model)
-  assert _max_abs_diff(state.params, initial.params) > 1e-4
-  _REFERENCES[cache_key] = (state, table), history
-  return (state, table), history
+  if cache_key not in _REFERENCES:
+    result = testing.reference_rounds(
+        algorithm, model, data, [list(ids) for ids in rounds],
+        batching=batching, client_update=_client_update(name, algorithm))
+    # The comparison means something only if training moved the params.
+    initial = _initial_state(algorithm, model)
+    assert _max_abs_diff(result[0][0].params, initial.params) > 1e-4
+    _REFERENCES[cache_key] = result
+  return _REFERENCES[cache_key]
 
 
 def _assert_matches_reference(state, history, expected):
@@ -325,23 +242,6 @@ def test_padded_clients_change_nothing(case, synthetic_train, model):
       name, algorithm, model, synthetic_train))
 
 
-def _pad_batches(batches, mask, extra_steps, extra_examples, rng):
-  """Appends fully masked steps and masked examples holding garbage values."""
-  def pad(x):
-    s, b = x.shape[:2]
-    shape = (s + extra_steps, b + extra_examples) + x.shape[2:]
-    if np.issubdtype(x.dtype, np.integer):   # labels: keep them valid
-      out = rng.integers(0, int(x.max()) + 1, shape).astype(x.dtype)
-    else:
-      out = (10.0 * rng.standard_normal(shape)).astype(x.dtype)
-    out[:s, :b] = x
-    return out
-  padded_mask = np.zeros((mask.shape[0] + extra_steps,
-                          mask.shape[1] + extra_examples), bool)
-  padded_mask[:mask.shape[0], :mask.shape[1]] = mask
-  return {k: pad(v) for k, v in batches.items()}, padded_mask
-
-
 def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
                                                          model):
   name, algorithm = case
@@ -361,7 +261,7 @@ def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
   # The same client without its padded steps, and with more padding: two
   # steps and three examples per batch more, holding garbage.
   trimmed_batches = {k: v[:3] for k, v in batches.items()}
-  padded_batches, padded_mask = _pad_batches(
+  padded_batches, padded_mask = testing.pad_batches(
       batches, mask, extra_steps=2, extra_examples=3,
       rng=np.random.default_rng(0))
   state = _initial_state(algorithm, model)
