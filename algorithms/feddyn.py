@@ -59,9 +59,7 @@ def feddyn(model: Model, *, client_optimizer: optax.GradientTransformation,
   if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)
           and alpha > 0):
     raise ValueError(f'alpha must be a finite number > 0, got {alpha!r}.')
-  grad_fn = jax.grad(
-      lambda p, b, m, k: algorithm.masked_loss(model, p, b, m, k),
-      has_aux=True)
+  grad_fn = algorithm.loss_grad(model)
 
   def init(params):
     return FedDynState(params, tree.zeros_like(params),
@@ -78,12 +76,9 @@ def feddyn(model: Model, *, client_optimizer: optax.GradientTransformation,
       grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, i))
       grads = jax.tree.map(lambda g, m, w, t: g - m + alpha * (w - t),
                            grads, memory, params, theta)
-      updates, new_opt_state = client_optimizer.update(grads, opt_state,
-                                                       params)
-      active = loss.count > 0
-      return (tree.where(active, optax.apply_updates(params, updates), params),
-              tree.where(active, new_opt_state, opt_state),
-              jax.tree.map(jnp.add, loss_sum, loss))
+      params, opt_state = algorithm.optimizer_step(
+          client_optimizer, grads, params, opt_state, loss.count > 0)
+      return params, opt_state, jax.tree.map(jnp.add, loss_sum, loss)
 
     zero = jnp.zeros((), jnp.float32)
     params, _, loss = algorithm.over_steps(

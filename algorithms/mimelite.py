@@ -69,9 +69,7 @@ def mimelite(model: Model, *, client_optimizer: optax.GradientTransformation,
   beta = float(momentum)
   opt_init, opt_update = algorithm.server_optimizer_step(
       server_optimizer or optax.sgd(1.0))
-  grad_fn = jax.grad(
-      lambda p, b, m, k: algorithm.masked_loss(model, p, b, m, k),
-      has_aux=True)
+  grad_fn = algorithm.loss_grad(model)
 
   def init(params):
     state = opt_init(params)
@@ -85,7 +83,8 @@ def mimelite(model: Model, *, client_optimizer: optax.GradientTransformation,
       grad_sum, count = carry
       grads, loss = grad_fn(x, batch, mask, jax.random.fold_in(key, i))
       # Each step's gradient is its batch mean: weigh it by its examples.
-      return tree.add(grad_sum, tree.scale(grads, loss.count)), count + loss.count
+      return (tree.add(grad_sum, tree.scale(grads, loss.count)),
+              count + loss.count)
 
     zero = jnp.zeros((), jnp.float32)
     grad_sum, count = algorithm.over_steps(
@@ -97,12 +96,9 @@ def mimelite(model: Model, *, client_optimizer: optax.GradientTransformation,
       grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, i))
       direction = jax.tree.map(lambda g, v: (1 - beta) * g + beta * v,
                                grads, m)
-      updates, new_opt_state = client_optimizer.update(direction, opt_state,
-                                                       params)
-      active = loss.count > 0
-      return (tree.where(active, optax.apply_updates(params, updates), params),
-              tree.where(active, new_opt_state, opt_state),
-              jax.tree.map(jnp.add, loss_sum, loss))
+      params, opt_state = algorithm.optimizer_step(
+          client_optimizer, direction, params, opt_state, loss.count > 0)
+      return params, opt_state, jax.tree.map(jnp.add, loss_sum, loss)
 
     y, _, loss = algorithm.over_steps(
         step, (x, client_optimizer.init(x), Mean(zero, zero)), batches,

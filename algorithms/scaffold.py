@@ -69,9 +69,7 @@ def scaffold(model: Model, *, client_optimizer: optax.GradientTransformation,
   """
   server_optimizer = server_optimizer or optax.sgd(1.0)
   opt_init, opt_update = algorithm.server_optimizer_step(server_optimizer)
-  grad_fn = jax.grad(
-      lambda p, b, m, k: algorithm.masked_loss(model, p, b, m, k),
-      has_aux=True)
+  grad_fn = algorithm.loss_grad(model)
 
   def init(params):
     state = opt_init(params)
@@ -88,11 +86,11 @@ def scaffold(model: Model, *, client_optimizer: optax.GradientTransformation,
     def step(carry, batch, mask, i):
       params, opt_state, grad_sum, steps, loss_sum = carry
       grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, i))
-      updates, new_opt_state = client_optimizer.update(
-          tree.add(grads, correction), opt_state, params)
       active = loss.count > 0
-      return (tree.where(active, optax.apply_updates(params, updates), params),
-              tree.where(active, new_opt_state, opt_state),
+      params, opt_state = algorithm.optimizer_step(
+          client_optimizer, tree.add(grads, correction), params, opt_state,
+          active)
+      return (params, opt_state,
               tree.where(active, tree.add(grad_sum, grads), grad_sum),
               steps + active.astype(jnp.float32),
               jax.tree.map(jnp.add, loss_sum, loss))

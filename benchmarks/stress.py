@@ -40,7 +40,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-import test_stackoverflow  # pylint: disable=g-import-not-at-top,wrong-import-position
+import test_cli_datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 API_SCRIPT = textwrap.dedent('''
     import sys
@@ -70,18 +70,6 @@ API_SCRIPT = textwrap.dedent('''
         total = sum(jnp.sqrt(v) for v in scores.values())
     print('done', float(loss), float(total))
 ''')
-
-
-def _stackoverflow_files(folder):
-  test_stackoverflow.write_vocab(
-      folder, words=[f'w{k}' for k in range(10_000)],
-      tags={f't{k}': 1000 - k for k in range(500)})
-  clients = {'u1': [('w1 w2 w3 w9999 zzz', 'w4 w5', 't1|t2'),
-                    ('w6 w1', 'w7', 't3')],
-             'u2': [('w2 w2', 'w8', 't1|t499')]}
-  for split in ('train', 'test'):
-    test_stackoverflow.write_h5(
-        os.path.join(folder, f'stackoverflow_{split}.h5'), clients)
 
 
 def _command(kind, devices, work):
@@ -143,7 +131,8 @@ def main():
 
   work = tempfile.mkdtemp(prefix='fedjax_stress_')
   os.makedirs(f'{work}/data')
-  _stackoverflow_files(f'{work}/data')
+  # The small files tests/test_cli_datasets.py trains on.
+  test_cli_datasets._stackoverflow(f'{work}/data')  # pylint: disable=protected-access
   with open(f'{work}/api.py', 'w') as f:
     f.write(API_SCRIPT)
   out_dir = args.out_dir or work

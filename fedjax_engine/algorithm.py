@@ -84,6 +84,23 @@ def masked_loss(model: Model, params, batch, mask, key, *, train=True):
   return total / jnp.maximum(count, 1.0), Mean(total, count)
 
 
+def loss_grad(model: Model):
+  """``grad(params, batch, mask, key) -> (grads, Mean loss)`` of
+  :func:`masked_loss`: the gradient of the mean loss over the unmasked
+  examples, and the loss as (sum, count) for reporting."""
+  return jax.grad(lambda p, b, m, k: masked_loss(model, p, b, m, k),
+                  has_aux=True)
+
+
+def optimizer_step(optimizer: optax.GradientTransformation, grads, params,
+                   opt_state, active):
+  """``(params, opt_state)`` after one step of ``optimizer``, or unchanged
+  when ``active`` is false (a step without examples)."""
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  return (tree.where(active, optax.apply_updates(params, updates), params),
+          tree.where(active, new_opt_state, opt_state))
+
+
 def busy_steps(example_mask):
   """The number of steps up to and including the last one with an example.
 
@@ -155,8 +172,7 @@ def local_training(model: Model, optimizer: optax.GradientTransformation,
   (the server's): its gradient ``mu * (w - w0)`` is added to the loss
   gradient. The reported loss leaves the term out.
   """
-  grad_fn = jax.grad(
-      lambda p, b, m, k: masked_loss(model, p, b, m, k), has_aux=True)
+  grad_fn = loss_grad(model)
 
   def train(params, batches, example_mask, key):
     start = params
@@ -167,12 +183,9 @@ def local_training(model: Model, optimizer: optax.GradientTransformation,
       if proximal_mu:
         grads = jax.tree.map(lambda g, w, w0: g + proximal_mu * (w - w0),
                              grads, params, start)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      active = loss.count > 0
-      return (tree.where(active, new_params, params),
-              tree.where(active, new_opt_state, opt_state),
-              jax.tree.map(jnp.add, loss_sum, loss))
+      params, opt_state = optimizer_step(optimizer, grads, params, opt_state,
+                                         loss.count > 0)
+      return params, opt_state, jax.tree.map(jnp.add, loss_sum, loss)
 
     zero = jnp.zeros((), jnp.float32)
     params, _, loss = over_steps(

@@ -28,7 +28,7 @@ Learning of Deep Networks from Decentralized Data", AISTATS 2017.
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

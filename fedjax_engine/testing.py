@@ -184,7 +184,10 @@ class CountingRound:
         algorithm._replace(client_update=client_update), data, **config)
 
 
-def _run(rnd, algorithm, model, cohorts):
+def engine_rounds(rnd, algorithm, model, cohorts):
+  """Runs ``cohorts`` through the compiled round ``rnd`` from a fresh state
+  and state table, with :func:`round_key` keys; returns ``((state, table),
+  [metrics])``."""
   state = initial_state(algorithm, model)
   table = initial_table(algorithm, model, rnd.data)
   history = []
@@ -242,10 +245,10 @@ def check_algorithm(build: Callable[[Model], Algorithm], *,
 
   counted = CountingRound(algorithm, data, batching=batching,
                      clients_per_round=size, mesh=mesh(len(devices)))
-  matches(_run(counted.round, algorithm, model, cohorts),
+  matches(engine_rounds(counted.round, algorithm, model, cohorts),
           'round equals a Python loop (device gather)')
   traces = counted.traces
-  _run(counted.round, algorithm, model, cohorts)
+  engine_rounds(counted.round, algorithm, model, cohorts)
   # With local epochs, cohorts of other sizes may take another step bucket.
   programs = 1 if batching.local_epochs is None else len(cohorts)
   assert (counted.traces == traces and
@@ -256,7 +259,7 @@ def check_algorithm(build: Callable[[Model], Algorithm], *,
   passed.append('no recompilation after the first round')
   host = simulate.make_round(algorithm, data, batching=batching,
                              clients_per_round=size, gather='host')
-  matches(_run(host, algorithm, model, cohorts),
+  matches(engine_rounds(host, algorithm, model, cohorts),
           'round equals a Python loop (host gather)')
   # One client's batches, then with garbage in two more masked steps and
   # three more masked examples per step.
@@ -278,13 +281,13 @@ def check_algorithm(build: Callable[[Model], Algorithm], *,
   passed.append('masked steps and examples change nothing')
   padded = simulate.make_round(algorithm, data, batching=batching,
                                clients_per_round=size + 3, mesh=mesh(1))
-  matches(_run(padded, algorithm, model, cohorts),
+  matches(engine_rounds(padded, algorithm, model, cohorts),
           'padded clients change nothing')
   for chunk in (1, 2):
     rnd = simulate.make_round(algorithm, data, batching=batching,
                               clients_per_round=size, mesh=mesh(1),
                               client_chunk_size=chunk)
-    matches(_run(rnd, algorithm, model, cohorts),
+    matches(engine_rounds(rnd, algorithm, model, cohorts),
             f'chunks of {chunk} change nothing')
 
   sampler = sampling.uniform(num_clients=data.num_clients,

@@ -152,15 +152,7 @@ def _num_programs(rnd):
 
 
 def _run_engine(rnd, algorithm, model, rounds=ROUNDS):
-  """Runs ``rounds`` from a fresh state and state table; returns ((state,
-  table), [metrics])."""
-  state = _initial_state(algorithm, model)
-  table = _initial_table(algorithm, model, rnd.data)
-  history = []
-  for r, ids in enumerate(rounds):
-    state, table, metrics = rnd(state, table, rnd.select(ids), _round_key(r))
-    history.append(jax.device_get(metrics))
-  return (state, table), history
+  return testing.engine_rounds(rnd, algorithm, model, rounds)
 
 
 def _reference(name, algorithm, model, data, *, batching=BATCHING,
