@@ -5,7 +5,10 @@ batches that ignore client boundaries, so nothing is padded but the last
 batch; the batches are split over the devices. Each example's metrics are
 added into its client's totals, and results come both ways papers report
 them: averaged over all examples, and averaged per client (each client with
-at least one example counts once).
+at least one example counts once). For every metric but the loss, the
+spread over clients that fairness papers report comes too: the worst
+client's value (``<name>_client_min``) and the 10th percentile over clients
+(``<name>_client_p10``), e.g. q-FFL's (Li et al., ICLR 2020).
 
 Example:
 
@@ -14,7 +17,7 @@ Example:
   >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
   >>> evaluate = make_evaluate(model, test, batch_size=32)
   >>> sorted(evaluate(model.init(jax.random.key(0))))
-  ['accuracy', 'accuracy_per_client', 'loss', 'loss_per_client']
+  ['accuracy', 'accuracy_client_min', 'accuracy_client_p10', 'accuracy_per_client', 'loss', 'loss_per_client']
 """
 
 import math
@@ -114,6 +117,10 @@ class Evaluator:
                              0.0)
       out[f'{name}_per_client'] = (jnp.sum(per_client) /
                                    jnp.maximum(jnp.sum(counted), 1))
+      if name != 'loss':
+        of_counted = jnp.where(counted, per_client, jnp.nan)
+        out[f'{name}_client_min'] = jnp.nanmin(of_counted)
+        out[f'{name}_client_p10'] = jnp.nanpercentile(of_counted, 10.0)
     return out
 
 

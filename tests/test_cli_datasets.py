@@ -150,7 +150,9 @@ def test_tags_recall_counts_the_test_tags(tmp_path):
   record = _run(tmp_path, 'stackoverflow_tags', 'multilabel_logistic')
   assert sorted(k for k in record if k.startswith('test_')) == [
       'test_loss', 'test_loss_per_client', 'test_precision',
+      'test_precision_client_min', 'test_precision_client_p10',
       'test_precision_per_client', 'test_recall_at_5',
+      'test_recall_at_5_client_min', 'test_recall_at_5_client_p10',
       'test_recall_at_5_per_client']
   # Test tags: t1, t2, t3 in u1's rows, t1, t499 in u2's row. Whatever the
   # model predicts, a of u1's 3 tags and b of u2's 2 are in the top 5:

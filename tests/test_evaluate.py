@@ -59,6 +59,9 @@ def _expected(d):
     client_means = [values[lo:hi].mean()
                     for lo, hi in zip(d.offsets[:-1], d.offsets[1:]) if hi > lo]
     out[f'{name}_per_client'] = np.mean(client_means)
+    if name != 'loss':   # the spread over clients, for fairness
+      out[f'{name}_client_min'] = np.min(client_means)
+      out[f'{name}_client_p10'] = np.percentile(client_means, 10)
   return out
 
 

@@ -56,4 +56,5 @@ def test_evaluate_returns_computed_values(synthetic_train, logistic_model):
   scores = evaluate(logistic_model.init(jax.random.key(0)))
   assert _all_ready(scores)
   assert set(scores) == {'loss', 'accuracy', 'loss_per_client',
-                         'accuracy_per_client'}
+                         'accuracy_per_client', 'accuracy_client_min',
+                         'accuracy_client_p10'}
