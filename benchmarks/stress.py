@@ -16,6 +16,12 @@ Two kinds of run:
   from Python with no wait between them, evaluations, and eager operations
   on their outputs.
 
+A third kind, ``runahead``, not run by default, shows the cause without the
+engine: plain JAX dispatching a small ``shard_map`` program with an
+all-reduce 1,000 times without waiting for any of them, the pattern the
+engine now avoids (``simulate.settled``). On the 2-core machine of the
+README it hangs in every run (``--kinds=runahead --runs=3``).
+
 XLA's own collective time-out is left at its default (abort after 20 + 40
 s), so a stuck all-reduce ends a run instead of hanging past ``--timeout``;
 either way the run counts as hung.
@@ -72,7 +78,38 @@ API_SCRIPT = textwrap.dedent('''
 ''')
 
 
+RUNAHEAD_SCRIPT = textwrap.dedent('''
+    import sys
+    import jax
+    jax.config.update('jax_num_cpu_devices', int(sys.argv[1]))
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.array(jax.devices()), ('c',))
+
+    @jax.jit
+    def step(x):
+      def body(x):
+        for _ in range(3):
+          x = jnp.tanh(x @ x.T)
+        return jax.lax.psum(x, 'c')
+      return jax.shard_map(body, mesh=mesh, in_specs=P('c'), out_specs=P(),
+                           check_vma=False)(x)
+
+    n = len(jax.devices())
+    x = jax.device_put(np.ones((n * 64, 64), np.float32),
+                       NamedSharding(mesh, P('c')))
+    for _ in range(1000):
+      y = step(x)          # no wait: calls queue behind each other
+    jax.block_until_ready(y)
+    print('done')
+''')
+
+
 def _command(kind, devices, work):
+  if kind == 'runahead':
+    return [sys.executable, f'{work}/runahead.py', str(devices)]
   if kind == 'cli':
     return [sys.executable, '-m', 'fedjax_engine.train',
             '--dataset=stackoverflow_tags', f'--data_dir={work}/data',
@@ -135,6 +172,8 @@ def main():
   test_cli_datasets._stackoverflow(f'{work}/data')  # pylint: disable=protected-access
   with open(f'{work}/api.py', 'w') as f:
     f.write(API_SCRIPT)
+  with open(f'{work}/runahead.py', 'w') as f:
+    f.write(RUNAHEAD_SCRIPT)
   out_dir = args.out_dir or work
   os.makedirs(out_dir, exist_ok=True)
 
