@@ -135,6 +135,16 @@ flags.DEFINE_integer('shards_per_client', 2, '--partition=shards: label-'
 flags.DEFINE_float('synthetic_alpha', 1.0, 'synthetic: model heterogeneity.')
 flags.DEFINE_float('synthetic_beta', 1.0, 'synthetic: input heterogeneity.')
 flags.DEFINE_bool('synthetic_iid', False, 'synthetic: the IID variant.')
+flags.DEFINE_float('synthetic_size_log_mean', 4.0, 'synthetic: client sizes '
+                   'are --synthetic_min_size + floor(LogNormal(mean, '
+                   'sigma)).')
+flags.DEFINE_float('synthetic_size_log_sigma', 1.0, 'synthetic: see '
+                   '--synthetic_size_log_mean (FedProx\'s generator uses 2).')
+flags.DEFINE_integer('synthetic_min_size', 10, 'synthetic: the smallest '
+                     'client size (FedProx\'s generator uses 50).')
+flags.DEFINE_float('synthetic_test_fraction', 0.2, 'synthetic: fraction of '
+                   'each client\'s examples held out for test (FedProx\'s '
+                   'generator uses 0.1).')
 
 # Every numeric flag's valid range, checked in one place when the flags are
 # parsed: name -> (test, what the message says is expected). None (unset)
@@ -145,6 +155,8 @@ _NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0,
 _FRACTION = (lambda v: 0 <= v < 1, 'in [0, 1)')
 _AT_LEAST_0 = (lambda v: v >= 0, '>= 0')
 _AT_LEAST_1 = (lambda v: v >= 1, '>= 1')
+_AT_LEAST_2 = (lambda v: v >= 2, '>= 2')
+_FINITE = (math.isfinite, 'a finite number')
 RANGES = {
     'num_rounds': _AT_LEAST_0, 'clients_per_round': _AT_LEAST_1,
     'local_steps': _AT_LEAST_1, 'local_epochs': _AT_LEAST_1,
@@ -160,7 +172,9 @@ RANGES = {
     'max_clients': _AT_LEAST_1, 'max_examples': _AT_LEAST_1,
     'num_clients': _AT_LEAST_1, 'dirichlet_alpha': _POSITIVE,
     'shards_per_client': _AT_LEAST_1, 'synthetic_alpha': _NON_NEGATIVE,
-    'synthetic_beta': _NON_NEGATIVE,
+    'synthetic_beta': _NON_NEGATIVE, 'synthetic_size_log_mean': _FINITE,
+    'synthetic_size_log_sigma': _NON_NEGATIVE, 'synthetic_min_size': _AT_LEAST_2,
+    'synthetic_test_fraction': _FRACTION,
 }
 for _name, (_test, _expected) in RANGES.items():
   flags.register_validator(
@@ -243,7 +257,10 @@ def _build():
     train, test = dataset.load(
         alpha=FLAGS.synthetic_alpha, beta=FLAGS.synthetic_beta,
         iid=FLAGS.synthetic_iid, num_clients=FLAGS.num_clients,
-        seed=FLAGS.seed)
+        size_log_mean=FLAGS.synthetic_size_log_mean,
+        size_log_sigma=FLAGS.synthetic_size_log_sigma,
+        min_size=FLAGS.synthetic_min_size,
+        test_fraction=FLAGS.synthetic_test_fraction, seed=FLAGS.seed)
   else:
     accepted = inspect.signature(dataset.load).parameters
     options = {k: v for k, v in (('data_dir', FLAGS.data_dir),

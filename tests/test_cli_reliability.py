@@ -32,6 +32,8 @@ BAD_VALUES = {
     'max_examples': 0, 'num_clients': 0, 'dirichlet_alpha': 0.0,
     'shards_per_client': 0, 'synthetic_alpha': -1.0,
     'synthetic_beta': math.inf, 'client_dropout': 1.0, 'stragglers': -0.5,
+    'synthetic_size_log_mean': math.nan, 'synthetic_size_log_sigma': -1.0,
+    'synthetic_min_size': 1, 'synthetic_test_fraction': 1.0,
 }
 
 
