@@ -36,6 +36,7 @@ from fedjax_engine.model import from_linen as from_linen
 from fedjax_engine.model import from_nnx as from_nnx
 from fedjax_engine.model import softmax_cross_entropy as softmax_cross_entropy
 from fedjax_engine.simulate import Round as Round
+from fedjax_engine.simulate import host_table as host_table
 from fedjax_engine.simulate import make_round as make_round
 from fedjax_engine.evaluate import Evaluator as Evaluator
 from fedjax_engine.evaluate import make_evaluate as make_evaluate

@@ -110,7 +110,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    profile_dir: str | None = None,
                    progress: bool = True,
                    on_nonfinite: str = 'stop',
-                   system: heterogeneity.SystemHeterogeneity | None = None
+                   system: heterogeneity.SystemHeterogeneity | None = None,
+                   state_table: str = 'device',
+                   state_table_dir: str | None = None
                    ) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
@@ -140,6 +142,12 @@ def run_experiment(algorithm: Algorithm, model: Model,
     progress: show a progress bar on stderr.
     on_nonfinite: ``'stop'`` raises :class:`Diverged` at the first
       non-finite loss or parameter; ``'warn'`` logs it once and goes on.
+    state_table: where a stateful algorithm's client-state table lives:
+      ``'device'``, or ``'host'`` (numpy; only the cohort's rows move each
+      round, and rounds are driven from Python), for tables larger than
+      device memory.
+    state_table_dir: with ``state_table='host'``, keep the table in
+      memory-mapped files in this folder (for tables larger than memory).
 
   Raises:
     Diverged: see ``on_nonfinite``.
@@ -155,7 +163,11 @@ def run_experiment(algorithm: Algorithm, model: Model,
   if on_nonfinite not in ('stop', 'warn'):
     raise ValueError(f"on_nonfinite must be 'stop' or 'warn', got "
                      f'{on_nonfinite!r}.')
-  fused = gather == 'device' and rounds_per_call > 1
+  if state_table not in ('device', 'host'):
+    raise ValueError(f"state_table must be 'device' or 'host', got "
+                     f'{state_table!r}.')
+  on_host = state_table == 'host' and algorithm.init_client_state is not None
+  fused = gather == 'device' and rounds_per_call > 1 and not on_host
   rnd = simulate.make_round(
       algorithm, train, batching=batching,
       clients_per_round=clients_per_round,
@@ -169,9 +181,16 @@ def run_experiment(algorithm: Algorithm, model: Model,
                              clients_per_round=clients_per_round,
                              key=sample_key)
   server_state = algorithm.init(model.init(init_key))
-  client_states = (jax.vmap(algorithm.init_client_state, axis_size=train.num_clients,
-                            in_axes=None)(server_state.params)
-                   if algorithm.init_client_state is not None else ())
+  if on_host:
+    client_states = simulate.host_table(algorithm, server_state.params,
+                                        train.num_clients,
+                                        folder=state_table_dir)
+  elif algorithm.init_client_state is not None:
+    client_states = jax.vmap(algorithm.init_client_state,
+                             axis_size=train.num_clients,
+                             in_axes=None)(server_state.params)
+  else:
+    client_states = ()
 
   sink = None
   if output_dir:

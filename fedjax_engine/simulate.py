@@ -28,6 +28,7 @@ Learning of Deep Networks from Decentralized Data", AISTATS 2017.
 
 import functools
 import math
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -200,6 +201,13 @@ class Round:
   of every client's state (leading axis = clients of the dataset), or ``()``
   for stateless algorithms. The server and client states are donated: do
   not reuse the arrays passed in.
+
+  The table lives on the device (JAX arrays, replicated over the mesh), or
+  in host memory (numpy arrays, possibly memory-mapped: see
+  :func:`host_table`) when it does not fit there. A host table is updated
+  in place: only the cohort's rows travel to the device and back each
+  round, and results are the same either way (tested). Fused rounds
+  (:meth:`run_rounds`) need the table on the device.
   """
 
   def __init__(self, algorithm: Algorithm, data: data_lib.FederatedData, *,
@@ -244,7 +252,7 @@ class Round:
     self._sharded = NamedSharding(self.mesh, P(AXIS))
     self._loader = BatchLoader(self.batching)
     self._jitted = jax.jit(self._round, donate_argnums=(0, 1),
-                           static_argnames=('num_steps',))
+                           static_argnames=('num_steps', 'rows_only'))
     self._fused = jax.jit(self._rounds, donate_argnums=(0, 1),
                           static_argnames=('sampler', 'block', 'num_steps'))
 
@@ -300,12 +308,32 @@ class Round:
           self.data, cohort, round_key, batching=self.batching,
           num_steps=num_steps)
     cohort = data_lib.put_global(cohort, self._sharded)
+    if is_host_table(client_states):
+      return self._call_with_host_table(server_state, client_states, cohort,
+                                        round_key, num_steps)
     # States returned by a round are replicated over the mesh; placing the
     # first round's inputs the same way keeps one compiled program.
     server_state, client_states = jax.device_put(
         (server_state, client_states), self._replicated)
     return settled(self._jitted(server_state, client_states, cohort,
                                 round_key, self._store, num_steps=num_steps))
+
+  def _call_with_host_table(self, server_state, table, cohort, round_key,
+                            num_steps):
+    """The round with the cohort's rows of a host table: copied to the
+    devices (split like the cohort), trained, and written back in place."""
+    ids = np.asarray(jax.device_get(cohort.client_ids))
+    real = np.asarray(jax.device_get(cohort.client_mask))
+    rows = data_lib.put_global(jax.tree.map(lambda t: t[ids], table),
+                               self._sharded)
+    server_state = jax.device_put(server_state, self._replicated)
+    server_state, rows, metrics = settled(self._jitted(
+        server_state, rows, cohort, round_key, self._store,
+        num_steps=num_steps, rows_only=True))
+    rows = jax.device_get(rows)
+    for t, new in zip(jax.tree.leaves(table), jax.tree.leaves(rows)):
+      t[ids[real]] = new[real]
+    return server_state, table, metrics
 
   def run_rounds(self, server_state, client_states, sampler, rounds_key, *,
                  first_round: int, num_rounds: int, block: int | None = None):
@@ -337,6 +365,10 @@ class Round:
     if self.gather != 'device':
       raise ValueError("run_rounds needs gather='device' (the example store "
                        f'on the device), got gather={self.gather!r}.')
+    if is_host_table(client_states):
+      raise ValueError('run_rounds needs the client-state table on the '
+                       'device; with a host table, call the round once per '
+                       'round.')
     if not 1 <= num_rounds <= block:
       raise ValueError(f'num_rounds must lie in [1, block={block}], got '
                        f'{num_rounds}.')
@@ -399,13 +431,19 @@ class Round:
     return server_state, client_states, metrics
 
   def _round(self, server_state, client_states, cohort, round_key, store, *,
-             num_steps):
+             num_steps, rows_only=False):
+    """One round. ``client_states`` is the whole table, or with
+    ``rows_only`` the cohort's rows, which come back updated (rows of
+    clients that did not take part unchanged)."""
     algo = self.algorithm
     stateful = algo.init_client_state is not None
     ids = cohort.client_ids
-    cohort_states = (jax.tree.map(
-        lambda t: jnp.take(t, ids, axis=0, mode='clip'), client_states)
-                     if stateful else ())
+    if rows_only:
+      cohort_states = client_states
+    else:
+      cohort_states = (jax.tree.map(
+          lambda t: jnp.take(t, ids, axis=0, mode='clip'), client_states)
+                       if stateful else ())
     keys = data_lib.client_keys(round_key, ids)
     client_mask, weights = cohort.client_mask, cohort.weights
     if self.system.dropout_rate:
@@ -477,7 +515,12 @@ class Round:
 
     server_state = algo.server_update(
         server_state, algo.aggregator.finalize(agg_acc), info)
-    if stateful:
+    if stateful and rows_only:
+      client_states = jax.tree.map(
+          lambda new, old: jnp.where(
+              client_mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+          new_states, client_states)
+    elif stateful:
       table_size = jax.tree.leaves(client_states)[0].shape[0]
       rows = jnp.where(client_mask, ids, table_size)
       client_states = jax.tree.map(
@@ -486,6 +529,52 @@ class Round:
     metrics = _finalize_metrics(metric_sums)
     metrics['clients'] = info.num_clients
     return server_state, client_states, metrics
+
+
+def is_host_table(client_states) -> bool:
+  """Whether a client-state table lives in host memory (numpy arrays)."""
+  leaves = jax.tree.leaves(client_states)
+  return bool(leaves) and all(isinstance(x, np.ndarray) for x in leaves)
+
+
+def host_table(algorithm: Algorithm, params, num_clients: int, *,
+               folder: str | None = None):
+  """Every client's initial state, in host memory, for a :class:`Round`.
+
+  For tables larger than device memory: the round moves only the cohort's
+  rows. With ``folder``, each leaf is a memory-mapped file there
+  (``state_<i>.npy``), so the table may be larger than host memory too and
+  the operating system pages rows in and out.
+
+  Args:
+    algorithm: a stateful algorithm (``init_client_state`` set).
+    params: the initial params, passed to ``init_client_state``.
+    num_clients: rows of the table (the dataset's clients).
+    folder: where to keep memory-mapped files (created if missing); in
+      memory when None.
+
+  Returns:
+    The table: the tree of ``init_client_state(params)`` with numpy leaves
+    of shape ``[num_clients, ...]``.
+  """
+  if algorithm.init_client_state is None:
+    raise ValueError('the algorithm keeps no client state '
+                     '(init_client_state is None).')
+  row = jax.device_get(algorithm.init_client_state(params))
+  leaves, treedef = jax.tree.flatten(row)
+  table = []
+  for i, leaf in enumerate(leaves):
+    leaf = np.asarray(leaf)
+    shape = (num_clients,) + leaf.shape
+    if folder is None:
+      t = np.empty(shape, leaf.dtype)
+    else:
+      os.makedirs(folder, exist_ok=True)
+      t = np.lib.format.open_memmap(os.path.join(folder, f'state_{i}.npy'),
+                                    mode='w+', dtype=leaf.dtype, shape=shape)
+    t[...] = leaf
+    table.append(t)
+  return jax.tree.unflatten(treedef, table)
 
 
 def make_round(algorithm: Algorithm, data: data_lib.FederatedData, *,

@@ -73,6 +73,14 @@ flags.DEFINE_float('stragglers', 0.0, 'System heterogeneity: fraction of '
                    'each round\'s clients that complete only a uniformly '
                    'random number (>= 1) of their local steps (FedProx\'s '
                    'stragglers).')
+flags.DEFINE_enum('state_table', 'device', ['device', 'host'], 'Where a '
+                  'stateful algorithm\'s client-state table (SCAFFOLD\'s '
+                  'control variates, ...) lives: on the device, or in host '
+                  'memory with only the cohort\'s rows moved each round '
+                  '(rounds are then driven from Python).')
+flags.DEFINE_string('state_table_dir', None, 'With --state_table=host: keep '
+                    'the table in memory-mapped files in this folder, for '
+                    'tables larger than memory.')
 flags.DEFINE_enum('weighting', 'examples', ['examples', 'uniform'],
                   'Aggregation weights: client example counts or uniform.')
 flags.DEFINE_integer('eval_every', 50, 'Evaluate every this many rounds (and '
@@ -478,7 +486,8 @@ def main(argv):
         progress=FLAGS.progress and lead, on_nonfinite=FLAGS.nonfinite,
         system=heterogeneity.SystemHeterogeneity(
             dropout_rate=FLAGS.client_dropout,
-            straggler_rate=FLAGS.stragglers))
+            straggler_rate=FLAGS.stragglers),
+        state_table=FLAGS.state_table, state_table_dir=FLAGS.state_table_dir)
   except runner.Diverged as e:
     where = (f' Metrics up to round {e.written} are in '
              f'{os.path.join(output_dir, run_dir.METRICS)}.'
