@@ -112,7 +112,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    on_nonfinite: str = 'stop',
                    system: heterogeneity.SystemHeterogeneity | None = None,
                    state_table: str = 'device',
-                   state_table_dir: str | None = None
+                   state_table_dir: str | None = None,
+                   availability_period: int = 0,
+                   available_fraction: float = 1.0
                    ) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
@@ -148,6 +150,10 @@ def run_experiment(algorithm: Algorithm, model: Model,
       device memory.
     state_table_dir: with ``state_table='host'``, keep the table in
       memory-mapped files in this folder (for tables larger than memory).
+    availability_period, available_fraction: with a period > 0, clients are
+      online ``available_fraction`` of every ``availability_period`` rounds,
+      each at its own phase, and only online clients are sampled
+      (:func:`fedjax_engine.sampling.available`); 0 samples from all.
 
   Raises:
     Diverged: see ``on_nonfinite``.
@@ -177,9 +183,15 @@ def run_experiment(algorithm: Algorithm, model: Model,
                                          batch_size=eval_batch_size)
               if test is not None else None)
   init_key, rounds_key, sample_key = jax.random.split(jax.random.key(seed), 3)
-  sampler = sampling.uniform(num_clients=train.num_clients,
-                             clients_per_round=clients_per_round,
-                             key=sample_key)
+  if availability_period:
+    sampler = sampling.available(
+        num_clients=train.num_clients, clients_per_round=clients_per_round,
+        key=sample_key, period=availability_period,
+        available_fraction=available_fraction)
+  else:
+    sampler = sampling.uniform(num_clients=train.num_clients,
+                               clients_per_round=clients_per_round,
+                               key=sample_key)
   server_state = algorithm.init(model.init(init_key))
   if on_host:
     client_states = simulate.host_table(algorithm, server_state.params,

@@ -4,6 +4,9 @@ A sampler maps a round number to the cohort's client indices. It is a pure
 function of its key and the round, computed in JAX, so the same cohorts come
 out when a run resumes and whether rounds are driven from Python one at a
 time (``sampler(r)``) or fused on the device (``sampler.on_device(r)``).
+On the device a cohort is ``clients_per_round`` slots; a slot that no client
+fills (fewer clients available than asked for) holds -1, and ``sampler(r)``
+returns only the filled slots.
 
 Example:
 
@@ -57,3 +60,68 @@ def uniform(*, num_clients: int, clients_per_round: int,
   """Uniform sampling without replacement; see :class:`UniformSampler`."""
   return UniformSampler(num_clients=num_clients,
                         clients_per_round=clients_per_round, key=key)
+
+
+class AvailabilitySampler:
+  """Uniform sampling among the clients available in the round.
+
+  Client ``k`` is available in round ``r`` when ``(r + phase_k) mod period
+  < available_fraction * period``, with ``phase_k`` drawn uniformly from
+  ``[0, period)`` once per client: a diurnal pattern in which each client
+  is online for the same share of every period, at its own time of day
+  (cross-device FL trains on phones that are idle and charging, mostly at
+  night; Bonawitz et al., "Towards Federated Learning at Scale: System
+  Design", MLSys 2019). Each round draws ``clients_per_round`` of the
+  available clients uniformly without replacement, or all of them when
+  fewer are available (the rest of the cohort stays empty).
+  """
+
+  def __init__(self, *, num_clients: int, clients_per_round: int, key,
+               period: int = 24, available_fraction: float = 0.5):
+    if not 1 <= clients_per_round <= num_clients:
+      raise ValueError(
+          f'clients_per_round must lie in [1, {num_clients}] (the number of '
+          f'clients), got {clients_per_round}.')
+    if not (isinstance(period, int) and period >= 1):
+      raise ValueError(f'period must be an integer >= 1, got {period!r}.')
+    if not 0 < available_fraction <= 1:
+      raise ValueError(f'available_fraction must lie in (0, 1], got '
+                       f'{available_fraction!r}.')
+    self.num_clients = num_clients
+    self.clients_per_round = clients_per_round
+    self.key = key
+    self.period = period
+    self.available_fraction = available_fraction
+    # The phases have a stream of their own, apart from the rounds' keys.
+    phase_key, self._round_key = jax.random.split(key)
+    self.phases = jax.random.randint(phase_key, (num_clients,), 0, period)
+    self._on_host = jax.jit(self.on_device)
+
+  def available(self, round_num):
+    """Bool ``[num_clients]``: who can be sampled in ``round_num``."""
+    hour = (round_num + self.phases) % self.period
+    return hour < self.available_fraction * self.period
+
+  def on_device(self, round_num):
+    """The cohort of ``round_num`` (traceable): int32 ``[clients_per_round]``,
+    -1 in slots no available client fills."""
+    scores = jax.random.uniform(
+        jax.random.fold_in(self._round_key, round_num), (self.num_clients,))
+    available = self.available(round_num)
+    scores = jnp.where(available, scores, jnp.inf)
+    _, ids = jax.lax.top_k(-scores, self.clients_per_round)
+    return jnp.where(jnp.isfinite(scores[ids]), ids, -1).astype(jnp.int32)
+
+  def __call__(self, round_num: int) -> np.ndarray:
+    ids = np.asarray(self._on_host(round_num))
+    return ids[ids >= 0]
+
+
+def available(*, num_clients: int, clients_per_round: int, key,
+              period: int = 24,
+              available_fraction: float = 0.5) -> AvailabilitySampler:
+  """Diurnal availability; see :class:`AvailabilitySampler`."""
+  return AvailabilitySampler(num_clients=num_clients,
+                             clients_per_round=clients_per_round, key=key,
+                             period=period,
+                             available_fraction=available_fraction)

@@ -395,16 +395,25 @@ class Round:
     return server_state, client_states, metrics
 
   def _device_cohort(self, ids, store) -> data_lib.Cohort:
-    """What :meth:`select` builds on the host, built inside the program."""
+    """What :meth:`select` builds on the host, built inside the program.
+
+    Slots holding -1 (no client available) become padded clients.
+    """
     pad = self.cohort_size - ids.shape[0]
-    ids = ids[jnp.argsort(-store.sizes[ids], stable=True)]
+    real = ids >= 0
+    ids = jnp.maximum(ids, 0)
+    # Largest first; empty slots last, as select() pads after the clients.
+    order = jnp.argsort(jnp.where(real, -store.sizes[ids], 1), stable=True)
+    ids, real = ids[order], real[order]
     weights = (store.sizes[ids].astype(jnp.float32)
                if self.weighting == 'examples'
                else jnp.ones(ids.shape, jnp.float32))
     cohort = data_lib.Cohort(
-        client_ids=jnp.concatenate([ids, jnp.zeros(pad, jnp.int32)]),
-        client_mask=jnp.arange(self.cohort_size) < ids.shape[0],
-        weights=jnp.concatenate([weights, jnp.zeros(pad, jnp.float32)]))
+        client_ids=jnp.concatenate([jnp.where(real, ids, 0),
+                                    jnp.zeros(pad, jnp.int32)]),
+        client_mask=jnp.concatenate([real, jnp.zeros(pad, bool)]),
+        weights=jnp.concatenate([jnp.where(real, weights, 0.0),
+                                 jnp.zeros(pad, jnp.float32)]))
     return jax.tree.map(self._arrange, cohort)
 
   def _rounds(self, server_state, client_states, rounds_key, store,

@@ -81,6 +81,12 @@ flags.DEFINE_enum('state_table', 'device', ['device', 'host'], 'Where a '
 flags.DEFINE_string('state_table_dir', None, 'With --state_table=host: keep '
                     'the table in memory-mapped files in this folder, for '
                     'tables larger than memory.')
+flags.DEFINE_integer('availability_period', 0, 'Client availability: with '
+                     'a period > 0 rounds, each client is online '
+                     '--available_fraction of every period, at its own '
+                     'phase (a diurnal pattern), and only online clients '
+                     'are sampled; 0: every client, every round.')
+flags.DEFINE_float('available_fraction', 0.5, 'See --availability_period.')
 flags.DEFINE_enum('weighting', 'examples', ['examples', 'uniform'],
                   'Aggregation weights: client example counts or uniform.')
 flags.DEFINE_integer('eval_every', 50, 'Evaluate every this many rounds (and '
@@ -165,6 +171,7 @@ _AT_LEAST_0 = (lambda v: v >= 0, '>= 0')
 _AT_LEAST_1 = (lambda v: v >= 1, '>= 1')
 _AT_LEAST_2 = (lambda v: v >= 2, '>= 2')
 _FINITE = (math.isfinite, 'a finite number')
+_UNIT_OPEN_LOW = (lambda v: 0 < v <= 1, 'in (0, 1]')
 RANGES = {
     'num_rounds': _AT_LEAST_0, 'clients_per_round': _AT_LEAST_1,
     'local_steps': _AT_LEAST_1, 'local_epochs': _AT_LEAST_1,
@@ -173,6 +180,7 @@ RANGES = {
     'server_momentum': _FRACTION, 'server_beta1': _FRACTION,
     'server_beta2': _FRACTION, 'server_epsilon': _POSITIVE,
     'client_dropout': _FRACTION, 'stragglers': _FRACTION,
+    'availability_period': _AT_LEAST_0, 'available_fraction': _UNIT_OPEN_LOW,
     'eval_every': _AT_LEAST_0, 'eval_batch_size': _AT_LEAST_1,
     'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
     'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
@@ -487,7 +495,9 @@ def main(argv):
         system=heterogeneity.SystemHeterogeneity(
             dropout_rate=FLAGS.client_dropout,
             straggler_rate=FLAGS.stragglers),
-        state_table=FLAGS.state_table, state_table_dir=FLAGS.state_table_dir)
+        state_table=FLAGS.state_table, state_table_dir=FLAGS.state_table_dir,
+        availability_period=FLAGS.availability_period,
+        available_fraction=FLAGS.available_fraction)
   except runner.Diverged as e:
     where = (f' Metrics up to round {e.written} are in '
              f'{os.path.join(output_dir, run_dir.METRICS)}.'

@@ -34,6 +34,7 @@ BAD_VALUES = {
     'synthetic_beta': math.inf, 'client_dropout': 1.0, 'stragglers': -0.5,
     'synthetic_size_log_mean': math.nan, 'synthetic_size_log_sigma': -1.0,
     'synthetic_min_size': 1, 'synthetic_test_fraction': 1.0,
+    'availability_period': -1, 'available_fraction': 0.0,
 }
 
 
