@@ -169,13 +169,14 @@ def local_training(model: Model, optimizer: optax.GradientTransformation,
 
   ``proximal_mu > 0`` adds FedProx's proximal term ``mu/2 * ||w - w0||^2``
   to every step's objective, ``w0`` being the params training started from
-  (the server's): its gradient ``mu * (w - w0)`` is added to the loss
-  gradient. The reported loss leaves the term out.
+  (the server's), or ``train(..., anchor=w0)`` when given (Ditto pulls a
+  personal model toward the server's): its gradient ``mu * (w - w0)`` is
+  added to the loss gradient. The reported loss leaves the term out.
   """
   grad_fn = loss_grad(model)
 
-  def train(params, batches, example_mask, key):
-    start = params
+  def train(params, batches, example_mask, key, anchor=None):
+    start = params if anchor is None else anchor
 
     def step(carry, batch, mask, i):
       params, opt_state, loss_sum = carry

@@ -22,7 +22,7 @@ Example:
   >>> resolve(ALGORITHMS, 'fedprox2', kind='algorithm')
   Traceback (most recent call last):
   ...
-  ValueError: unknown algorithm 'fedprox2'; known: fedadagrad, fedadam, fedavg, fedavgm, feddyn, fednova, fedprox, fedsgd, fedyogi, mimelite, qffl, scaffold, or a plug-in as 'package.module:attribute'.
+  ValueError: unknown algorithm 'fedprox2'; known: ditto, fedadagrad, fedadam, fedavg, fedavgm, feddyn, fednova, fedprox, fedsgd, fedyogi, mimelite, qffl, scaffold, or a plug-in as 'package.module:attribute'.
 """
 
 import functools
@@ -53,6 +53,7 @@ class DatasetEntry(NamedTuple):
 
 
 ALGORITHMS: Mapping[str, Callable] = {
+    'ditto': algorithms.ditto,
     'fedavg': algorithms.fedavg,
     'fedavgm': algorithms.fedavg,
     'fedadam': algorithms.fedavg,

@@ -48,6 +48,8 @@ CONFORMANCE_CASES = [
         model, client_optimizer=optax.sgd(0.1, momentum=0.5), mu=0.5)),
     ('fedsgd', lambda model: fe.algorithms.fedsgd(
         model, server_optimizer=optax.sgd(0.5))),
+    ('ditto', lambda model: fe.algorithms.ditto(
+        model, client_optimizer=optax.sgd(0.1), ditto_lambda=0.5)),
     ('feddyn', lambda model: fe.algorithms.feddyn(
         model, client_optimizer=optax.sgd(0.1), alpha=0.1)),
     ('fednova', lambda model: fe.algorithms.fednova(
