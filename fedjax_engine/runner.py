@@ -13,7 +13,9 @@ A non-finite training or test loss, or non-finite parameters, stop the run
 with :class:`Diverged` naming the round (or, with ``on_nonfinite='warn'``,
 log a warning and go on); the metrics up to that round are written first.
 Ctrl-C ends the run with :class:`Interrupted`, which says how many rounds
-were done; their metrics are already written.
+were done; their metrics are already written. It takes effect when the
+compiled call in progress returns, so JAX is never interrupted in the middle
+of a dispatch; a second Ctrl-C interrupts at once.
 
 Example:
 
@@ -29,6 +31,8 @@ Example:
 """
 
 import math
+import signal
+import threading
 import time
 from typing import Any
 
@@ -64,6 +68,36 @@ class Interrupted(KeyboardInterrupt):
     super().__init__(f'interrupted after {rounds} rounds')
     self.rounds = rounds
     self.history = history
+
+
+class _DeferredInterrupt:
+  """Holds Ctrl-C (SIGINT) back until the loop checks ``requested``.
+
+  A KeyboardInterrupt raised at an arbitrary point of JAX's dispatch can
+  leave a computation in flight or internal state half-updated as the
+  process exits; between calls nothing is in flight. A second Ctrl-C
+  raises at once. Only the main thread can own signal handlers; elsewhere
+  this does nothing.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
 
 
 def _to_python(metrics: dict) -> dict:
@@ -216,70 +250,75 @@ def run_experiment(algorithm: Algorithm, model: Model,
   history = []
   warned = False
   r = 0
-  try:
-    if num_rounds == 0 and evaluate is not None:
-      record = {'round': 0, **{f'test_{k}': v for k, v in _to_python(
-          evaluate(server_state.params)).items()}}
-      history.append(record)
-      if sink:
-        sink.write([record])
-    calls = 0
-    while r < num_rounds:
-      n = 1
-      if fused:
-        to_eval = eval_every - r % eval_every if eval_every else num_rounds
-        n = min(rounds_per_call, num_rounds - r, to_eval)
-      # The second call, or the first when it is the only one.
-      profiling = profile_dir and (calls == 1 or n == num_rounds)
-      if profiling:
-        jax.profiler.start_trace(profile_dir)
-      start = time.perf_counter()
-      if fused:
-        server_state, client_states, metrics = rnd.run_rounds(
-            server_state, client_states, sampler, rounds_key, first_round=r,
-            num_rounds=n, block=rounds_per_call)
-        metrics = jax.device_get(metrics)
-        per_round = [{k: v[i] for k, v in metrics.items()} for i in range(n)]
-      else:
-        server_state, client_states, metrics = rnd(
-            server_state, client_states, rnd.select(sampler(r)),
-            jax.random.fold_in(rounds_key, r))
-        per_round = [metrics]
-      records = [{'round': r + i + 1, **_to_python(m)}
-                 for i, m in enumerate(per_round)]
-      if profiling:
-        jax.block_until_ready((server_state, client_states))
-        jax.profiler.stop_trace()
-      calls += 1
-      seconds = (time.perf_counter() - start) / n
-      for record in records:
-        record['seconds'] = seconds
-      end = r + n
-      if evaluate is not None and (end == num_rounds or (
-          eval_every and end % eval_every == 0)):
-        scores = _to_python(evaluate(server_state.params))
-        records[-1].update({f'test_{k}': v for k, v in scores.items()})
-      if sink:
-        sink.write(records)
-      history.extend(records)
-      r = end  # rounds done and written
-      diverged = _nonfinite(records, server_state.params)
-      if diverged and on_nonfinite == 'stop':
-        raise diverged
-      if diverged and not warned:
-        logging.warning('%s Going on (on_nonfinite=warn).', diverged)
-        warned = True
+  with _DeferredInterrupt() as interrupt:
+    try:
+      if num_rounds == 0 and evaluate is not None:
+        record = {'round': 0, **{f'test_{k}': v for k, v in _to_python(
+            evaluate(server_state.params)).items()}}
+        history.append(record)
+        if sink:
+          sink.write([record])
+      calls = 0
+      while r < num_rounds:
+        n = 1
+        if fused:
+          to_eval = eval_every - r % eval_every if eval_every else num_rounds
+          n = min(rounds_per_call, num_rounds - r, to_eval)
+        # The second call, or the first when it is the only one.
+        profiling = profile_dir and (calls == 1 or n == num_rounds)
+        if profiling:
+          jax.profiler.start_trace(profile_dir)
+        start = time.perf_counter()
+        if fused:
+          server_state, client_states, metrics = rnd.run_rounds(
+              server_state, client_states, sampler, rounds_key, first_round=r,
+              num_rounds=n, block=rounds_per_call)
+          metrics = jax.device_get(metrics)
+          per_round = [{k: v[i] for k, v in metrics.items()} for i in range(n)]
+        else:
+          server_state, client_states, metrics = rnd(
+              server_state, client_states, rnd.select(sampler(r)),
+              jax.random.fold_in(rounds_key, r))
+          per_round = [metrics]
+        records = [{'round': r + i + 1, **_to_python(m)}
+                   for i, m in enumerate(per_round)]
+        if profiling:
+          jax.block_until_ready((server_state, client_states))
+          jax.profiler.stop_trace()
+        calls += 1
+        seconds = (time.perf_counter() - start) / n
+        for record in records:
+          record['seconds'] = seconds
+        end = r + n
+        if evaluate is not None and (end == num_rounds or (
+            eval_every and end % eval_every == 0)):
+          scores = _to_python(evaluate(server_state.params))
+          records[-1].update({f'test_{k}': v for k, v in scores.items()})
+        if sink:
+          sink.write(records)
+        history.extend(records)
+        r = end  # rounds done and written
+        if interrupt.requested:
+          raise Interrupted(r, history)
+        diverged = _nonfinite(records, server_state.params)
+        if diverged and on_nonfinite == 'stop':
+          raise diverged
+        if diverged and not warned:
+          logging.warning('%s Going on (on_nonfinite=warn).', diverged)
+          warned = True
+        if bar is not None:
+          shown = {k: records[-1][k] for k in ('train_loss', 'test_accuracy')
+                   if isinstance(records[-1].get(k), float)}
+          bar.set_postfix({k: f'{v:.4f}' for k, v in shown.items()},
+                          refresh=False)
+          bar.update(n)
+    except Interrupted:
+      raise
+    except KeyboardInterrupt:   # a second Ctrl-C, in the middle of a call
+      raise Interrupted(r, history) from None
+    finally:
       if bar is not None:
-        shown = {k: records[-1][k] for k in ('train_loss', 'test_accuracy')
-                 if isinstance(records[-1].get(k), float)}
-        bar.set_postfix({k: f'{v:.4f}' for k, v in shown.items()},
-                        refresh=False)
-        bar.update(n)
-  except KeyboardInterrupt:
-    raise Interrupted(r, history) from None
-  finally:
-    if bar is not None:
-      bar.close()
-    if sink:
-      sink.close()
+        bar.close()
+      if sink:
+        sink.close()
   return history

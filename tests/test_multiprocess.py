@@ -175,7 +175,8 @@ def test_one_failing_process_stops_the_launch(tmp_path):
   # waited in JAX's shutdown barrier instead, process 0 would have failed
   # first, after a 30 s gloo timeout, with code 1.)
   assert code == 2, out + err
-  assert '[p1] error: process 1 rejects this run' in out
+  assert ('[p1] error: --algorithm=one_fails:build: process 1 rejects this '
+          'run') in out
   assert '[launch] process 1 exited with code 2; stopping the others.' in err
   assert '[p0] 4 rounds in' not in out
 
