@@ -31,9 +31,7 @@ def test_ditto_two_rounds(linear_model, two_clients):
                                   ditto_lambda=1.0)
   rnd = fe.make_round(algorithm, two_clients, clients_per_round=2,
                       batching=fe.Batching(batch_size=6, local_steps=1))
-  params = linear_model.init(jax.random.key(0))
-  table = jax.vmap(algorithm.init_client_state, axis_size=2,
-                   in_axes=None)(params)
+  table = fe.testing.initial_table(algorithm, linear_model, two_clients)
   state = algorithm.init(linear_model.init(jax.random.key(0)))
   for r in range(2):
     state, table, _ = rnd(state, table, rnd.select([0, 1]), jax.random.key(r))

@@ -43,10 +43,8 @@ def test_feddyn_two_rounds(linear_model, two_clients):
   rnd = fe.make_round(algorithm, two_clients, clients_per_round=2,
                       weighting='uniform',
                       batching=fe.Batching(batch_size=6, local_steps=1))
-  params = linear_model.init(jax.random.key(0))
-  state = algorithm.init(params)
-  table = jax.vmap(algorithm.init_client_state, axis_size=2,
-                   in_axes=None)(params)
+  state = algorithm.init(linear_model.init(jax.random.key(0)))
+  table = fe.testing.initial_table(algorithm, linear_model, two_clients)
   expected = [((9 / 8, 1 / 4), (-1 / 16, -1 / 8)),
               ((47 / 48, 3 / 8), (1 / 24, -1 / 8))]
   for r, (theta, h) in enumerate(expected):
