@@ -4,15 +4,22 @@ FedAvgM, FedAdam, FedYogi and FedAdagrad are :func:`fedavg` with another
 server optimizer (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 """
 
+from fedjax_engine.algorithms.afl import afl as afl
+from fedjax_engine.algorithms.apfl import apfl as apfl
 from fedjax_engine.algorithms.ditto import ditto as ditto
 from fedjax_engine.algorithms.fedavg import fedavg as fedavg
+from fedjax_engine.algorithms.fedbuff import fedbuff as fedbuff
 from fedjax_engine.algorithms.feddyn import feddyn as feddyn
 from fedjax_engine.algorithms.fednova import fednova as fednova
 from fedjax_engine.algorithms.fedprox import fedprox as fedprox
+from fedjax_engine.algorithms.fedrep import fedrep as fedrep
 from fedjax_engine.algorithms.scaffold import scaffold as scaffold
 from fedjax_engine.algorithms.fedsgd import fedsgd as fedsgd
+from fedjax_engine.algorithms.hypcluster import hypcluster as hypcluster
 from fedjax_engine.algorithms.mimelite import mimelite as mimelite
+from fedjax_engine.algorithms.perfedavg import perfedavg as perfedavg
 from fedjax_engine.algorithms.qffl import qffl as qffl
 
-__all__ = ['ditto', 'fedavg', 'feddyn', 'fednova', 'fedprox', 'fedsgd', 'mimelite',
-           'qffl', 'scaffold']
+__all__ = ['afl', 'apfl', 'ditto', 'fedavg', 'fedbuff', 'feddyn', 'fednova',
+           'fedprox', 'fedrep', 'fedsgd', 'hypcluster', 'mimelite',
+           'perfedavg', 'qffl', 'scaffold']

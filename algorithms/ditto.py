@@ -12,7 +12,8 @@ steps on
 from its own ``v_k``, ``w^t`` being the global model the round started
 from. ``lambda = 0`` gives purely local models, large ``lambda`` the global
 one. The server state's ``params`` are the global model; the personal
-models are the client-state table.
+models are the client-state table, and what personalized evaluation tests
+(``personalize``).
 
 Example:
 
@@ -66,6 +67,11 @@ def ditto(model: Model, *, client_optimizer: optax.GradientTransformation,
     return (tree.sub(w, params), personal,
             {'train_loss': loss, 'personal_loss': personal_loss})
 
+  def personalize(server_state, personal, batches, example_mask, key):
+    del server_state, batches, example_mask, key
+    return personal
+
   return algorithm.Algorithm(init=init, client_update=client_update,
                              server_update=server_update,
-                             init_client_state=lambda params: params)
+                             init_client_state=lambda params: params,
+                             personalize=personalize)

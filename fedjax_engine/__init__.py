@@ -40,6 +40,8 @@ from fedjax_engine.simulate import host_table as host_table
 from fedjax_engine.simulate import make_round as make_round
 from fedjax_engine.evaluate import Evaluator as Evaluator
 from fedjax_engine.evaluate import make_evaluate as make_evaluate
+from fedjax_engine.personal_evaluate import PersonalEvaluator as PersonalEvaluator
+from fedjax_engine.personal_evaluate import make_personal_evaluate as make_personal_evaluate
 from fedjax_engine import sampling as sampling
 from fedjax_engine import testing as testing
 from fedjax_engine import heterogeneity as heterogeneity

@@ -66,12 +66,20 @@ class Algorithm(NamedTuple):
       by default (the weights come from the cohort).
     init_client_state: ``init_client_state(params) -> client_state`` for
       methods with per-client memory, else None (client_state is then ()).
+    personalize: ``personalize(server_state, client_state, batches [S, B,
+      ...], example_mask [S, B], key) -> params`` for ONE client: the model
+      that client uses on its own data (a personal model kept in its state,
+      a mix of personal and global, a cluster model it picks, a step of
+      adaptation on its batches). Personalized evaluation
+      (:func:`fedjax_engine.make_personal_evaluate`) vmaps it over clients;
+      None means the global ``server_state.params``.
   """
   init: Callable[[Params], PyTree]
   client_update: Callable[..., tuple]
   server_update: Callable[[PyTree, PyTree, RoundInfo], PyTree]
   aggregator: aggregate_lib.Aggregator = aggregate_lib.weighted_mean()
   init_client_state: Callable[[Params], PyTree] | None = None
+  personalize: Callable[..., Params] | None = None
 
 
 def masked_loss(model: Model, params, batch, mask, key, *, train=True):

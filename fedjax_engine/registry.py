@@ -22,7 +22,7 @@ Example:
   >>> resolve(ALGORITHMS, 'fedprox2', kind='algorithm')
   Traceback (most recent call last):
   ...
-  ValueError: unknown algorithm 'fedprox2'; known: ditto, fedadagrad, fedadam, fedavg, fedavgm, feddyn, fednova, fedprox, fedsgd, fedyogi, mimelite, qffl, scaffold, or a plug-in as 'package.module:attribute'.
+  ValueError: unknown algorithm 'fedprox2'; known: afl, apfl, ditto, fedadagrad, fedadam, fedavg, fedavgm, fedbuff, feddyn, fednova, fedprox, fedrep, fedsgd, fedyogi, hypcluster, mimelite, perfedavg, qffl, scaffold, or a plug-in as 'package.module:attribute'.
 """
 
 import functools
@@ -53,17 +53,23 @@ class DatasetEntry(NamedTuple):
 
 
 ALGORITHMS: Mapping[str, Callable] = {
+    'afl': algorithms.afl,
+    'apfl': algorithms.apfl,
     'ditto': algorithms.ditto,
     'fedavg': algorithms.fedavg,
     'fedavgm': algorithms.fedavg,
     'fedadam': algorithms.fedavg,
     'fedyogi': algorithms.fedavg,
     'fedadagrad': algorithms.fedavg,
+    'fedbuff': algorithms.fedbuff,
     'feddyn': algorithms.feddyn,
     'fednova': algorithms.fednova,
     'fedprox': algorithms.fedprox,
+    'fedrep': algorithms.fedrep,
     'fedsgd': algorithms.fedsgd,
+    'hypcluster': algorithms.hypcluster,
     'mimelite': algorithms.mimelite,
+    'perfedavg': algorithms.perfedavg,
     'qffl': algorithms.qffl,
     'scaffold': algorithms.scaffold,
 }

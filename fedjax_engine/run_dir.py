@@ -92,10 +92,14 @@ def prepare(path: str, *, if_exists: str = 'refuse') -> str | None:
 
 
 def write_text(path: str, name: str, text: str) -> None:
-  """Writes ``text`` to the file ``name`` in folder ``path``."""
+  """Writes ``text`` to the file ``name`` in folder ``path``, whole: a
+  reader, or a run stopped part way, sees the old file or the new one."""
+  target = os.path.join(path, name)
+  partial = target + '.partial'
   try:
-    with open(os.path.join(path, name), 'w') as f:
+    with open(partial, 'w') as f:
       f.write(text)
+    os.replace(partial, target)
   except OSError as e:
     raise OutputError(f'cannot write {os.path.join(path, name)}: '
                       f'{_reason(e)}.') from None

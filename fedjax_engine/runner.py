@@ -8,6 +8,11 @@ round's includes compilation), ``train_loss`` and the algorithm's other client
 metrics, and on evaluation rounds ``test_loss``, ``test_accuracy`` (over all
 test examples) and ``test_loss_per_client``, ``test_accuracy_per_client``
 (the mean over clients). Counts (``round``, ``clients``) are integers.
+With personalized evaluation, evaluation rounds also carry
+``test_personal_<metric>`` (each client's own model on its own test
+examples, the mean over clients) with ``_client_min`` and ``_client_p10``,
+and ``<output_dir>/personal_per_client.csv`` holds the last evaluation's
+value of every client.
 
 A non-finite training or test loss, or non-finite parameters, stop the run
 with :class:`Diverged` naming the round (or, with ``on_nonfinite='warn'``,
@@ -30,6 +35,8 @@ Example:
   ['clients', 'round', 'seconds']
 """
 
+import csv
+import io
 import math
 import signal
 import threading
@@ -40,15 +47,31 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fedjax_engine import data as data_lib
 from fedjax_engine import evaluate as evaluate_lib
 from fedjax_engine import heterogeneity
+from fedjax_engine import personal_evaluate
 from fedjax_engine import run_dir
 from fedjax_engine import sampling
 from fedjax_engine import simulate
 from fedjax_engine.algorithm import Algorithm
 from fedjax_engine.model import Model
+
+
+PER_CLIENT_FILE = 'personal_per_client.csv'
+
+
+def _write_per_client(output_dir, client_ids, per_client):
+  """``personal_per_client.csv``: one row per client, replaced whole."""
+  names = sorted(per_client)
+  text = io.StringIO()
+  writer = csv.writer(text)
+  writer.writerow(['client_id'] + names)
+  for k, cid in enumerate(client_ids):
+    writer.writerow([cid] + [repr(float(per_client[n][k])) for n in names])
+  run_dir.write_text(output_dir, PER_CLIENT_FILE, text.getvalue())
 
 
 class Diverged(RuntimeError):
@@ -148,7 +171,10 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    state_table: str = 'device',
                    state_table_dir: str | None = None,
                    availability_period: int = 0,
-                   available_fraction: float = 1.0
+                   available_fraction: float = 1.0,
+                   personal_eval: bool = False,
+                   finetune_steps: int = 0,
+                   finetune_optimizer: optax.GradientTransformation | None = None
                    ) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
@@ -188,6 +214,11 @@ def run_experiment(algorithm: Algorithm, model: Model,
       online ``available_fraction`` of every ``availability_period`` rounds,
       each at its own phase, and only online clients are sampled
       (:func:`fedjax_engine.sampling.available`); 0 samples from all.
+    personal_eval: at every evaluation, also evaluate each client's own
+      model (the algorithm's ``personalize``, else the global model) on its
+      own test examples, after ``finetune_steps`` local steps of
+      ``finetune_optimizer`` (:mod:`fedjax_engine.personal_evaluate`);
+      needs ``test`` with the same clients as ``train``.
 
   Raises:
     Diverged: see ``on_nonfinite``.
@@ -216,6 +247,13 @@ def run_experiment(algorithm: Algorithm, model: Model,
   evaluate = (evaluate_lib.make_evaluate(model, test,
                                          batch_size=eval_batch_size)
               if test is not None else None)
+  if (personal_eval or finetune_steps) and test is None:
+    raise ValueError('personalized evaluation needs test data.')
+  personal = (personal_evaluate.make_personal_evaluate(
+      model, algorithm, train, test, batching=batching,
+      finetune_steps=finetune_steps, finetune_optimizer=finetune_optimizer,
+      batch_size=min(eval_batch_size, 256),
+      client_chunk_size=client_chunk_size) if personal_eval else None)
   init_key, rounds_key, sample_key = jax.random.split(jax.random.key(seed), 3)
   if availability_period:
     sampler = sampling.available(
@@ -247,14 +285,22 @@ def run_experiment(algorithm: Algorithm, model: Model,
     from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=num_rounds, unit='round', dynamic_ncols=True)
 
+  def scores(server_state, client_states):
+    out = _to_python(evaluate(server_state.params))
+    if personal is not None:
+      per_client = personal.per_client(server_state, client_states)
+      out.update(personal_evaluate.summarize(per_client))
+      if output_dir:
+        _write_per_client(output_dir, train.client_ids, per_client)
+    return {f'test_{k}': v for k, v in out.items()}
+
   history = []
   warned = False
   r = 0
   with _DeferredInterrupt() as interrupt:
     try:
       if num_rounds == 0 and evaluate is not None:
-        record = {'round': 0, **{f'test_{k}': v for k, v in _to_python(
-            evaluate(server_state.params)).items()}}
+        record = {'round': 0, **scores(server_state, client_states)}
         history.append(record)
         if sink:
           sink.write([record])
@@ -292,8 +338,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
         end = r + n
         if evaluate is not None and (end == num_rounds or (
             eval_every and end % eval_every == 0)):
-          scores = _to_python(evaluate(server_state.params))
-          records[-1].update({f'test_{k}': v for k, v in scores.items()})
+          records[-1].update(scores(server_state, client_states))
         if sink:
           sink.write(records)
         history.extend(records)

@@ -75,7 +75,9 @@ def reference_rounds(algorithm: Algorithm, model: Model,
   client's key is ``fold_in(fold_in(round_key, client_id), TRAIN_STREAM)``,
   so the loop sees exactly the engine's randomness. A stateful algorithm's
   clients read their row of the state table and write it back. Aggregation
-  is a float64 example-weighted mean.
+  is a float64 example-weighted mean, or for an algorithm with its own
+  aggregator, that aggregator's ``accumulate`` over all the real clients at
+  once (the engine streams chunks of a padded cohort and sums devices).
 
   Returns:
     ``((server_state, table), [{'train_loss', 'clients'}])``.
@@ -106,10 +108,18 @@ def reference_rounds(algorithm: Algorithm, model: Model,
         loss_total += float(metrics['train_loss'].total)
         loss_count += float(metrics['train_loss'].count)
     weights = data.sizes[ids].astype(np.float64)
-    aggregate = jax.tree.map(
-        lambda *xs: np.tensordot(weights, np.stack(xs).astype(np.float64), 1)
-        / weights.sum(), *outputs)
-    aggregate = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), aggregate)
+    if algorithm.aggregator is Algorithm._field_defaults['aggregator']:
+      aggregate = jax.tree.map(
+          lambda *xs: np.tensordot(weights, np.stack(xs).astype(np.float64),
+                                   1) / weights.sum(), *outputs)
+      aggregate = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
+                               aggregate)
+    else:
+      agg = algorithm.aggregator
+      aggregate = agg.finalize(agg.accumulate(
+          agg.init(outputs[0]), jax.tree.map(lambda *xs: np.stack(xs),
+                                             *outputs),
+          jnp.asarray(weights, jnp.float32)))
     info = RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
                      total_weight=jnp.asarray(weights.sum(), jnp.float32),
                      population=jnp.asarray(data.num_clients, jnp.int32))

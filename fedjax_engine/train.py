@@ -32,6 +32,7 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+import optax
 
 from fedjax_engine import data as data_lib
 from fedjax_engine import datasets
@@ -93,6 +94,16 @@ flags.DEFINE_integer('eval_every', 50, 'Evaluate every this many rounds (and '
                      'after the last); 0: only after the last.')
 flags.DEFINE_integer('eval_batch_size', 1024, 'Examples per evaluation '
                      'forward pass.')
+flags.DEFINE_bool('personal_eval', False, 'At every evaluation, also test '
+                  'each client\'s own model (the algorithm\'s personal model, '
+                  'else the global one, after --finetune_steps) on its own '
+                  'test examples: test_personal_<metric> with _client_min '
+                  'and _client_p10, and personal_per_client.csv.')
+flags.DEFINE_integer('finetune_steps', 0, 'With --personal_eval: local SGD '
+                     'steps each client takes on its training examples '
+                     'before its test.')
+flags.DEFINE_float('finetune_lr', None, 'With --personal_eval: fine-tuning '
+                   'learning rate (default --client_lr).')
 flags.DEFINE_integer('seed', 0, 'Seed for params, sampling and clients.')
 flags.DEFINE_integer('client_chunk_size', None, 'Clients trained at once per '
                      'device (default: chosen for the backend and model).')
@@ -182,6 +193,7 @@ RANGES = {
     'client_dropout': _FRACTION, 'stragglers': _FRACTION,
     'availability_period': _AT_LEAST_0, 'available_fraction': _UNIT_OPEN_LOW,
     'eval_every': _AT_LEAST_0, 'eval_batch_size': _AT_LEAST_1,
+    'finetune_steps': _AT_LEAST_0, 'finetune_lr': _POSITIVE,
     'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
     'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
     'num_processes': _AT_LEAST_1, 'process_id': _AT_LEAST_0,
@@ -318,6 +330,15 @@ def _build():
     algorithm = factory(model, **kwargs)
   except (ValueError, TypeError) as e:
     raise UsageError(f'--algorithm={FLAGS.algorithm}: {e}') from e
+  for name in ('finetune_steps', 'finetune_lr'):
+    _check(FLAGS.personal_eval or not FLAGS[name].value,
+           f'--{name} applies to personalized evaluation; add '
+           '--personal_eval or leave it unset.')
+  if FLAGS.personal_eval:
+    _check(np.array_equal(train.client_ids, test.client_ids),
+           f'--personal_eval tests each client on its own test examples, but '
+           f'--dataset={FLAGS.dataset} has {train.num_clients} training and '
+           f'{test.num_clients} test clients that differ.')
   return algorithm, model, train, test, batching
 
 
@@ -497,7 +518,10 @@ def main(argv):
             straggler_rate=FLAGS.stragglers),
         state_table=FLAGS.state_table, state_table_dir=FLAGS.state_table_dir,
         availability_period=FLAGS.availability_period,
-        available_fraction=FLAGS.available_fraction)
+        available_fraction=FLAGS.available_fraction,
+        personal_eval=FLAGS.personal_eval,
+        finetune_steps=FLAGS.finetune_steps,
+        finetune_optimizer=optax.sgd(FLAGS.finetune_lr or FLAGS.client_lr))
   except runner.Diverged as e:
     where = (f' Metrics up to round {e.written} are in '
              f'{os.path.join(output_dir, run_dir.METRICS)}.'

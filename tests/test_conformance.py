@@ -2,7 +2,8 @@
 
 Each algorithm in :data:`CONFORMANCE_CASES` must give, through
 ``fe.make_round``, the round that a plain loop over the real clients gives
-(``client_update`` on each client's batches, a numpy weighted mean, then
+(``client_update`` on each client's batches, a numpy weighted mean or the
+algorithm's own aggregator over the whole cohort at once, then
 ``server_update``), and that result must not depend on padding, the chunk
 size, the number of devices or the gathering path, must compile once, and
 must be a deterministic function of the round key.
@@ -59,6 +60,22 @@ CONFORMANCE_CASES = [
         model, client_optimizer=optax.sgd(0.1), momentum=0.5)),
     ('qffl', lambda model: fe.algorithms.qffl(
         model, client_optimizer=optax.sgd(0.1), q=1.0, lipschitz=10.0)),
+    ('fedbuff', lambda model: fe.algorithms.fedbuff(
+        model, client_optimizer=optax.sgd(0.1), max_staleness=2)),
+    ('afl', lambda model: fe.algorithms.afl(
+        model, client_optimizer=optax.sgd(0.1), lambda_lr=1.0)),
+    ('apfl', lambda model: fe.algorithms.apfl(
+        model, client_optimizer=optax.sgd(0.1), alpha=0.5,
+        adaptive_alpha=True, alpha_lr=0.1)),
+    ('fedrep', lambda model: fe.algorithms.fedrep(
+        model, client_optimizer=optax.sgd(0.1), head='Dense_0/bias',
+        head_steps=5)),
+    ('perfedavg', lambda model: fe.algorithms.perfedavg(
+        model, client_optimizer=optax.sgd(0.1, momentum=0.5), inner_lr=0.05)),
+    ('hypcluster', lambda model: fe.algorithms.hypcluster(
+        model, client_optimizer=optax.sgd(0.1),
+        server_optimizer=optax.sgd(1.0, momentum=0.5), num_clusters=3,
+        init_noise=0.5)),
     ('scaffold', lambda model: fe.algorithms.scaffold(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.sgd(0.8))),
