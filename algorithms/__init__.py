@@ -16,10 +16,11 @@ from fedjax_engine.algorithms.fedrep import fedrep as fedrep
 from fedjax_engine.algorithms.scaffold import scaffold as scaffold
 from fedjax_engine.algorithms.fedsgd import fedsgd as fedsgd
 from fedjax_engine.algorithms.hypcluster import hypcluster as hypcluster
+from fedjax_engine.algorithms.mime import mime as mime
 from fedjax_engine.algorithms.mimelite import mimelite as mimelite
 from fedjax_engine.algorithms.perfedavg import perfedavg as perfedavg
 from fedjax_engine.algorithms.qffl import qffl as qffl
 
 __all__ = ['afl', 'apfl', 'ditto', 'fedavg', 'fedbuff', 'feddyn', 'fednova',
-           'fedprox', 'fedrep', 'fedsgd', 'hypcluster', 'mimelite',
+           'fedprox', 'fedrep', 'fedsgd', 'hypcluster', 'mime', 'mimelite',
            'perfedavg', 'qffl', 'scaffold']

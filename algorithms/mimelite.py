@@ -18,8 +18,8 @@ momentum SGD would:
   m <- (1 - beta) * mean_i g_i(x) + beta * m
 
 Mime proper also corrects each local gradient with the cohort's mean
-gradient at ``x``, which needs a second exchange within the round; it is not
-here.
+gradient at ``x``, which needs a first exchange within the round: see
+``algorithms/mime.py``.
 
 Example:
 

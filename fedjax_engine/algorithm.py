@@ -49,6 +49,29 @@ class RoundInfo(NamedTuple):
                         # server control variate, a mean over all of them
 
 
+# The default aggregator of algorithms and first exchanges: one object, so
+# the reference loop in testing.py knows it is the plain weighted mean.
+WEIGHTED_MEAN = aggregate_lib.weighted_mean()
+
+
+class Prepare(NamedTuple):
+  """A first exchange within a round, before local training.
+
+  Every client of the cohort sends ``client(server_state, client_state,
+  batches, example_mask, key) -> output`` (its state read, not written;
+  the same batches and key ``client_update`` then gets); the outputs are
+  aggregated by ``aggregator``, and ``server(server_state, aggregate,
+  round_info) -> server_state`` gives the state that local training then
+  starts from. Mime uses it for the cohort's full-batch gradient at the
+  server params, which every client's local steps need (Karimireddy et al.,
+  NeurIPS 2021, Algorithm 1). The engine runs both exchanges in the same
+  compiled round.
+  """
+  client: Callable[..., PyTree]
+  server: Callable[[PyTree, PyTree, RoundInfo], PyTree]
+  aggregator: aggregate_lib.Aggregator = WEIGHTED_MEAN
+
+
 class Algorithm(NamedTuple):
   """A federated algorithm.
 
@@ -73,13 +96,16 @@ class Algorithm(NamedTuple):
       adaptation on its batches). Personalized evaluation
       (:func:`fedjax_engine.make_personal_evaluate`) vmaps it over clients;
       None means the global ``server_state.params``.
+    prepare: a first exchange of the round before local training
+      (:class:`Prepare`), or None.
   """
   init: Callable[[Params], PyTree]
   client_update: Callable[..., tuple]
   server_update: Callable[[PyTree, PyTree, RoundInfo], PyTree]
-  aggregator: aggregate_lib.Aggregator = aggregate_lib.weighted_mean()
+  aggregator: aggregate_lib.Aggregator = WEIGHTED_MEAN
   init_client_state: Callable[[Params], PyTree] | None = None
   personalize: Callable[..., Params] | None = None
+  prepare: Prepare | None = None
 
 
 def masked_loss(model: Model, params, batch, mask, key, *, train=True):

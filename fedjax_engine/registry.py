@@ -22,7 +22,7 @@ Example:
   >>> resolve(ALGORITHMS, 'fedprox2', kind='algorithm')
   Traceback (most recent call last):
   ...
-  ValueError: unknown algorithm 'fedprox2'; known: afl, apfl, ditto, fedadagrad, fedadam, fedavg, fedavgm, fedbuff, feddyn, fednova, fedprox, fedrep, fedsgd, fedyogi, hypcluster, mimelite, perfedavg, qffl, scaffold, or a plug-in as 'package.module:attribute'.
+  ValueError: unknown algorithm 'fedprox2'; known: afl, apfl, ditto, fedadagrad, fedadam, fedavg, fedavgm, fedbuff, feddyn, fednova, fedprox, fedrep, fedsgd, fedyogi, hypcluster, mime, mimelite, perfedavg, qffl, scaffold, or a plug-in as 'package.module:attribute'.
 """
 
 import functools
@@ -68,6 +68,7 @@ ALGORITHMS: Mapping[str, Callable] = {
     'fedrep': algorithms.fedrep,
     'fedsgd': algorithms.fedsgd,
     'hypcluster': algorithms.hypcluster,
+    'mime': algorithms.mime,
     'mimelite': algorithms.mimelite,
     'perfedavg': algorithms.perfedavg,
     'qffl': algorithms.qffl,

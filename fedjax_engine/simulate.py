@@ -467,10 +467,13 @@ class Round:
 
     def on_device(server_state, per_client, store):
       chunks = split_chunks(per_client, self.num_chunks)
-      vmapped = jax.vmap(algo.client_update, in_axes=(None, 0, 1, 1, 0),
-                         axis_name=algorithm_lib.COHORT_AXIS)
 
-      def run_chunk(chunk):
+      def vmapped(fn):
+        return jax.vmap(fn, in_axes=(None, 0, 1, 1, 0),
+                        axis_name=algorithm_lib.COHORT_AXIS)
+
+      def chunk_inputs(chunk):
+        """A chunk's batches, example mask and training keys."""
         batches, mask = self._loader(store, chunk, chunk['keys'], num_steps)
         if self.system.dropout_rate:   # host-gathered batches of the failed
           mask = mask & chunk['client_mask'][None, :, None]
@@ -483,7 +486,51 @@ class Round:
         train_keys = jax.vmap(
             lambda k: jax.random.fold_in(k, data_lib.TRAIN_STREAM))(
                 chunk['keys'])
-        outputs, new_states, metrics = vmapped(
+        return batches, mask, train_keys
+
+      # The round's facts ride on an all-reduce the round runs anyway. XLA
+      # combines all-reduces of one element type only, so the client count
+      # travels as float32 (exact below 2^24 clients).
+      counts = (jnp.sum(per_client['client_mask'].astype(jnp.float32)),
+                jnp.sum(per_client['weights']))
+
+      def round_info(counts):
+        num_clients, total_weight = counts
+        return RoundInfo(num_clients=num_clients.astype(jnp.int32),
+                         total_weight=total_weight,
+                         population=jnp.int32(self.data.num_clients))
+
+      def first_exchange(server_state):
+        """The server state after ``algo.prepare``, and the round info."""
+        prepare = algo.prepare
+        send = vmapped(prepare.client)
+
+        def run_chunk(chunk):
+          batches, mask, keys = chunk_inputs(chunk)
+          return send(server_state, chunk['states'], batches, mask, keys)
+
+        out_shape = jax.eval_shape(
+            lambda c: jax.tree.map(lambda x: x[0], run_chunk(c)),
+            jax.tree.map(lambda x: x[0], chunks))
+
+        def body(acc, chunk):
+          return prepare.aggregator.accumulate(acc, run_chunk(chunk),
+                                               chunk['weights']), ()
+
+        acc, _ = chunked(body, prepare.aggregator.init(out_shape), chunks,
+                         self.num_chunks)
+        acc, summed = psum_packed((acc, counts), AXIS)
+        info = round_info(summed)
+        return prepare.server(server_state, prepare.aggregator.finalize(acc),
+                              info), info
+
+      if algo.prepare is not None:
+        server_state, info = first_exchange(server_state)
+      train = vmapped(algo.client_update)
+
+      def run_chunk(chunk):
+        batches, mask, train_keys = chunk_inputs(chunk)
+        outputs, new_states, metrics = train(
             server_state, chunk['states'], batches, mask, train_keys)
         metrics = _sum_metrics(metrics, chunk['client_mask'])
         metrics[UTILIZATION] = _step_utilization(mask, chunk['client_mask'])
@@ -504,23 +551,23 @@ class Round:
         return (agg_acc, metric_acc), new_states
 
       acc, new_states = chunked(body, acc0, chunks, self.num_chunks)
-      # The round's facts ride on the same all-reduce: one per round. XLA
-      # combines all-reduces of one element type only, so the client count
-      # travels as float32 (exact below 2^24 clients).
-      counts = (jnp.sum(per_client['client_mask'].astype(jnp.float32)),
-                jnp.sum(per_client['weights']))
-      acc, (num_clients, total_weight) = psum_packed((acc, counts), AXIS)
-      info = RoundInfo(num_clients=num_clients.astype(jnp.int32),
-                       total_weight=total_weight,
-                       population=jnp.int32(self.data.num_clients))
-      return (acc, info), merge_chunks(new_states)
+      # One all-reduce a round (two with a first exchange, whose server
+      # state then leaves the devices too).
+      if algo.prepare is not None:
+        return ((psum_packed(acc, AXIS), info, server_state),
+                merge_chunks(new_states))
+      acc, summed = psum_packed((acc, counts), AXIS)
+      return (acc, round_info(summed)), merge_chunks(new_states)
 
     client_spec = jax.tree.map(lambda _: P(AXIS), per_client)
-    ((agg_acc, metric_sums), info), new_states = jax.shard_map(
+    results, new_states = jax.shard_map(
         on_device, mesh=self.mesh,
         in_specs=(P(), client_spec, P()),
         out_specs=(P(), P(AXIS)), check_vma=False)(
             server_state, per_client, store)
+    (agg_acc, metric_sums), info = results[:2]
+    if algo.prepare is not None:
+      server_state = results[2]
 
     server_state = algo.server_update(
         server_state, algo.aggregator.finalize(agg_acc), info)
@@ -576,12 +623,16 @@ def host_table(algorithm: Algorithm, params, num_clients: int, *,
     leaf = np.asarray(leaf)
     shape = (num_clients,) + leaf.shape
     if folder is None:
-      t = np.empty(shape, leaf.dtype)
+      t = np.zeros(shape, leaf.dtype)
     else:
       os.makedirs(folder, exist_ok=True)
       t = np.lib.format.open_memmap(os.path.join(folder, f'state_{i}.npy'),
                                     mode='w+', dtype=leaf.dtype, shape=shape)
-    t[...] = leaf
+    # Both start as zeros that take no memory until written (pages the
+    # operating system maps lazily), so a zero initial state (SCAFFOLD's
+    # control variates) costs nothing until clients are first sampled.
+    if np.any(leaf):
+      t[...] = leaf
     table.append(t)
   return jax.tree.unflatten(treedef, table)
 

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import data as data_lib
 from fedjax_engine import sampling
 from fedjax_engine import simulate
@@ -65,6 +66,20 @@ def round_key(r: int):
   return jax.random.fold_in(jax.random.key(42), r)
 
 
+def _aggregate(aggregator, outputs, weights):
+  """The clients' outputs combined: a float64 weighted mean for the default
+  aggregator, else ``aggregator`` over all of them at once."""
+  if aggregator is algorithm_lib.WEIGHTED_MEAN:
+    mean = jax.tree.map(
+        lambda *xs: np.tensordot(weights, np.stack(xs).astype(np.float64), 1)
+        / weights.sum(), *outputs)
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), mean)
+  return aggregator.finalize(aggregator.accumulate(
+      aggregator.init(outputs[0]),
+      jax.tree.map(lambda *xs: np.stack(xs), *outputs),
+      jnp.asarray(weights, jnp.float32)))
+
+
 def reference_rounds(algorithm: Algorithm, model: Model,
                      data: data_lib.FederatedData, cohorts, *,
                      batching: data_lib.Batching,
@@ -74,7 +89,9 @@ def reference_rounds(algorithm: Algorithm, model: Model,
   Batches come from the engine's index plan gathered on the host, and each
   client's key is ``fold_in(fold_in(round_key, client_id), TRAIN_STREAM)``,
   so the loop sees exactly the engine's randomness. A stateful algorithm's
-  clients read their row of the state table and write it back. Aggregation
+  clients read their row of the state table and write it back; a first
+  exchange (``algorithm.prepare``) runs over the clients before training.
+  Aggregation
   is a float64 example-weighted mean, or for an algorithm with its own
   aggregator, that aggregator's ``accumulate`` over all the real clients at
   once (the engine streams chunks of a padded cohort and sums devices).
@@ -95,35 +112,33 @@ def reference_rounds(algorithm: Algorithm, model: Model,
         data, cohort, key, batching=batching,
         num_steps=batching.num_steps(int(data.sizes[ids].max())))
     keys = data_lib.client_keys(key, jnp.asarray(ids))
+    weights = data.sizes[ids].astype(np.float64)
+    info = RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
+                     total_weight=jnp.asarray(weights.sum(), jnp.float32),
+                     population=jnp.asarray(data.num_clients, jnp.int32))
+
+    def client_inputs(i, client):
+      return (jax.tree.map(lambda t, c=client: t[c], table),
+              {k: v[i] for k, v in cohort.batches.items()},
+              cohort.example_mask[i],
+              jax.random.fold_in(keys[i], data_lib.TRAIN_STREAM))
+
+    if algorithm.prepare is not None:
+      sent = [jax.device_get(algorithm.prepare.client(
+          state, *client_inputs(i, client))) for i, client in enumerate(ids)]
+      state = algorithm.prepare.server(
+          state, _aggregate(algorithm.prepare.aggregator, sent, weights),
+          info)
     outputs, loss_total, loss_count = [], 0.0, 0.0
     for i, client in enumerate(ids):
-      batches = {k: v[i] for k, v in cohort.batches.items()}
-      row = jax.tree.map(lambda t, c=client: t[c], table)
-      output, row, metrics = client_update(
-          state, row, batches, cohort.example_mask[i],
-          jax.random.fold_in(keys[i], data_lib.TRAIN_STREAM))
+      output, row, metrics = client_update(state, *client_inputs(i, client))
       table = jax.tree.map(lambda t, v, c=client: t.at[c].set(v), table, row)
       outputs.append(jax.device_get(output))
       if 'train_loss' in metrics:
         loss_total += float(metrics['train_loss'].total)
         loss_count += float(metrics['train_loss'].count)
-    weights = data.sizes[ids].astype(np.float64)
-    if algorithm.aggregator is Algorithm._field_defaults['aggregator']:
-      aggregate = jax.tree.map(
-          lambda *xs: np.tensordot(weights, np.stack(xs).astype(np.float64),
-                                   1) / weights.sum(), *outputs)
-      aggregate = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32),
-                               aggregate)
-    else:
-      agg = algorithm.aggregator
-      aggregate = agg.finalize(agg.accumulate(
-          agg.init(outputs[0]), jax.tree.map(lambda *xs: np.stack(xs),
-                                             *outputs),
-          jnp.asarray(weights, jnp.float32)))
-    info = RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
-                     total_weight=jnp.asarray(weights.sum(), jnp.float32),
-                     population=jnp.asarray(data.num_clients, jnp.int32))
-    state = algorithm.server_update(state, aggregate, info)
+    state = algorithm.server_update(
+        state, _aggregate(algorithm.aggregator, outputs, weights), info)
     history.append({'train_loss': loss_total / max(loss_count, 1.0),
                     'clients': len(ids)})
   return (state, table), history
@@ -194,12 +209,16 @@ class CountingRound:
         algorithm._replace(client_update=client_update), data, **config)
 
 
-def engine_rounds(rnd, algorithm, model, cohorts):
+def engine_rounds(rnd, algorithm, model, cohorts, *, host_table=False):
   """Runs ``cohorts`` through the compiled round ``rnd`` from a fresh state
-  and state table, with :func:`round_key` keys; returns ``((state, table),
-  [metrics])``."""
+  and state table (in host memory with ``host_table``), with
+  :func:`round_key` keys; returns ``((state, table), [metrics])``."""
   state = initial_state(algorithm, model)
-  table = initial_table(algorithm, model, rnd.data)
+  if host_table:
+    table = simulate.host_table(algorithm, model.init(jax.random.key(0)),
+                                rnd.data.num_clients)
+  else:
+    table = initial_table(algorithm, model, rnd.data)
   history = []
   for r, ids in enumerate(cohorts):
     state, table, metrics = rnd(state, table, rnd.select(ids), round_key(r))
@@ -271,6 +290,10 @@ def check_algorithm(build: Callable[[Model], Algorithm], *,
                              clients_per_round=size, gather='host')
   matches(engine_rounds(host, algorithm, model, cohorts),
           'round equals a Python loop (host gather)')
+  if algorithm.init_client_state is not None:
+    matches(engine_rounds(counted.round, algorithm, model, cohorts,
+                          host_table=True),
+            'a client-state table in host memory gives the same rounds')
   # One client's batches, then with garbage in two more masked steps and
   # three more masked examples per step.
   client = cohorts[0][0]
@@ -288,6 +311,11 @@ def check_algorithm(build: Callable[[Model], Algorithm], *,
   assert_trees_close(update(state, row, garbage, garbage_mask, round_key(0)),
                      update(state, row, batches, mask, round_key(0)),
                      'masked steps and examples change nothing')
+  if algorithm.prepare is not None:
+    send = jax.jit(algorithm.prepare.client)
+    assert_trees_close(send(state, row, garbage, garbage_mask, round_key(0)),
+                       send(state, row, batches, mask, round_key(0)),
+                       'masked steps and examples change nothing (prepare)')
   passed.append('masked steps and examples change nothing')
   padded = simulate.make_round(algorithm, data, batching=batching,
                                clients_per_round=size + 3, mesh=mesh(1))

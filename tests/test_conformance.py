@@ -24,6 +24,7 @@ import pytest
 import fedjax_engine as fe
 from fedjax_engine import data as data_lib
 from fedjax_engine import registry
+from fedjax_engine import simulate
 from fedjax_engine import testing
 
 # (name, build(model) -> Algorithm). Every entry of fedjax_engine.registry's
@@ -56,6 +57,8 @@ CONFORMANCE_CASES = [
     ('fednova', lambda model: fe.algorithms.fednova(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.sgd(0.7))),
+    ('mime', lambda model: fe.algorithms.mime(
+        model, client_optimizer=optax.sgd(0.1), momentum=0.5)),
     ('mimelite', lambda model: fe.algorithms.mimelite(
         model, client_optimizer=optax.sgd(0.1), momentum=0.5)),
     ('qffl', lambda model: fe.algorithms.qffl(
@@ -221,6 +224,19 @@ def test_round_equals_python_loop(case, gather, synthetic_train, model):
       name, algorithm, model, synthetic_train))
 
 
+def test_host_table_round_equals_python_loop(case, synthetic_train, model):
+  # The state table in host memory: only the cohort's rows move.
+  name, algorithm = case
+  if algorithm.init_client_state is None:
+    pytest.skip('keeps no client state')
+  counted = _round(name, algorithm, synthetic_train)
+  (state, table), history = testing.engine_rounds(
+      counted.round, algorithm, model, ROUNDS, host_table=True)
+  assert simulate.is_host_table(table)
+  _assert_matches_reference((state, table), history, _reference(
+      name, algorithm, model, synthetic_train))
+
+
 def test_local_epochs_round_equals_python_loop(case, synthetic_train, model):
   # Clients of different sizes take different numbers of real steps; the
   # rest of the cohort's steps are padding.
@@ -279,6 +295,14 @@ def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
   row = _initial_client_state(algorithm, model)
   key = jax.random.key(3)
   client_update = _client_update(name, algorithm)
+  if algorithm.prepare is not None:
+    # The state local training sees: the first exchange of this client alone
+    # (Mime's initial state would otherwise take no step at all).
+    state = algorithm.prepare.server(
+        state, algorithm.prepare.client(state, row, trimmed_batches, mask[:3],
+                                        key),
+        fe.RoundInfo(num_clients=jnp.int32(1), total_weight=jnp.float32(9),
+                     population=jnp.int32(data.num_clients)))
   expected = client_update(state, row, trimmed_batches, mask[:3], key)
   _assert_trees_close(client_update(state, row, batches, mask, key), expected,
                       rtol=1e-6, atol=1e-7)
@@ -288,6 +312,12 @@ def test_client_update_ignores_masked_steps_and_examples(case, synthetic_train,
   leaked = client_update(state, row, padded_batches,
                          np.ones_like(padded_mask), key)
   assert _max_abs_diff(leaked[0], expected[0]) > 1e-3
+  if algorithm.prepare is not None:   # the first exchange masks them too
+    send = jax.jit(algorithm.prepare.client)
+    expected = send(state, row, trimmed_batches, mask[:3], key)
+    for b, m in ((batches, mask), (padded_batches, padded_mask)):
+      _assert_trees_close(send(state, row, b, m, key), expected, rtol=1e-6,
+                          atol=1e-7)
 
 
 @pytest.mark.parametrize('client_chunk_size', [1, 2, 3, None])

@@ -21,6 +21,7 @@ from the global (1, 0):
      params (3/2, 1/4); test prediction 19/4, loss (1/4)^2 / 2 = 1/32
 """
 
+import inspect
 import os
 import subprocess
 import sys
@@ -32,7 +33,9 @@ import optax
 import pytest
 
 import fedjax_engine as fe
+from fedjax_engine import data as data_lib
 from fedjax_engine import personal_evaluate
+from fedjax_engine import registry
 
 
 def _f32(v):
@@ -179,3 +182,70 @@ def test_cli_personal_eval(tmp_path):
   assert result.returncode == 2
   assert ('--finetune_steps applies to personalized evaluation; add '
           '--personal_eval or leave it unset.') in result.stderr
+
+
+PERSONALIZED = {
+    'ditto': lambda model: fe.algorithms.ditto(
+        model, client_optimizer=optax.sgd(0.1), ditto_lambda=0.5),
+    'apfl': lambda model: fe.algorithms.apfl(
+        model, client_optimizer=optax.sgd(0.1), alpha=0.5),
+    'perfedavg': lambda model: fe.algorithms.perfedavg(
+        model, client_optimizer=optax.sgd(0.1), inner_lr=0.1),
+    'fedrep': lambda model: fe.algorithms.fedrep(
+        model, client_optimizer=optax.sgd(0.1), head='Dense_0/bias',
+        head_steps=3),
+    'hypcluster': lambda model: fe.algorithms.hypcluster(
+        model, client_optimizer=optax.sgd(0.1), num_clusters=3,
+        init_noise=0.5),
+}
+
+
+def test_every_registered_personalize_is_covered():
+  model = fe.models.logistic_regression(num_features=2, num_classes=2)
+  optimizers = {'client_optimizer': optax.sgd(0.1),
+                'server_optimizer': optax.sgd(1.0)}
+  with_personalize = []
+  for name, factory in registry.ALGORITHMS.items():
+    accepted = inspect.signature(factory).parameters
+    algorithm = factory(model, **{k: v for k, v in optimizers.items()
+                                  if k in accepted})
+    if algorithm.personalize is not None:
+      with_personalize.append(name)
+  assert sorted(with_personalize) == sorted(PERSONALIZED)
+
+
+@pytest.mark.parametrize('name', sorted(PERSONALIZED))
+def test_vmapped_equals_a_loop_over_clients(name, logistic_model):
+  # Each client's personalize on its own state row and training batches,
+  # then its test examples, one client at a time in Python.
+  train, test = fe.datasets.synthetic(num_clients=9, seed=4)
+  algorithm = PERSONALIZED[name](logistic_model)
+  batching = fe.Batching(batch_size=4, local_steps=2)
+  state = algorithm.init(logistic_model.init(jax.random.key(0)))
+  table = (fe.testing.initial_table(algorithm, logistic_model, train)
+           if algorithm.init_client_state else ())
+  rnd = fe.make_round(algorithm, train, clients_per_round=9,
+                      batching=batching)
+  state, table, _ = rnd(state, table, rnd.select(range(9)),
+                        jax.random.key(1))
+  key = jax.random.key(7)
+  got = personal_evaluate.make_personal_evaluate(
+      logistic_model, algorithm, train, test, batching=batching,
+      clients_per_call=4).per_client(state, table, key)
+  personalize = jax.jit(algorithm.personalize)
+  expected = []
+  for k in range(train.num_clients):
+    client_key = jax.random.fold_in(key, k)
+    rows, mask = data_lib.plan_client(
+        jax.random.fold_in(client_key, data_lib.DATA_STREAM),
+        int(train.offsets[k]), int(train.sizes[k]), batching=batching,
+        num_steps=2)
+    row = jax.tree.map(lambda t, k=k: t[k], table)
+    params = personalize(
+        state, row, data_lib.gather(train.features, np.asarray(rows)), mask,
+        jax.random.fold_in(client_key, data_lib.TRAIN_STREAM))
+    examples = test.client(k)
+    logits = logistic_model.apply(params, examples)
+    expected.append(float(np.mean(np.argmax(logits, -1) == examples['y'])))
+  np.testing.assert_allclose(got['accuracy'], expected, rtol=1e-6)
+  assert np.std(expected) > 0   # the clients' models differ
