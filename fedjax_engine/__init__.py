@@ -16,6 +16,7 @@ if not _os.path.isdir(_os.path.join(_here, 'algorithms')):
   __path__.append(_os.path.dirname(_here))  # pylint: disable=undefined-variable
 
 from fedjax_engine import tree as tree
+from fedjax_engine import aggregate as aggregate
 from fedjax_engine.aggregate import Aggregator as Aggregator
 from fedjax_engine.aggregate import weighted_mean as weighted_mean
 from fedjax_engine.algorithm import Algorithm as Algorithm
@@ -45,6 +46,7 @@ from fedjax_engine.personal_evaluate import make_personal_evaluate as make_perso
 from fedjax_engine import sampling as sampling
 from fedjax_engine import testing as testing
 from fedjax_engine import heterogeneity as heterogeneity
+from fedjax_engine import transforms as transforms
 from fedjax_engine.heterogeneity import SystemHeterogeneity as SystemHeterogeneity
 from fedjax_engine import models as models
 from fedjax_engine import algorithms as algorithms

@@ -38,10 +38,17 @@ class Aggregator(NamedTuple):
       The returned acc must be additive: ``acc(A u B) = acc(A) + acc(B) -
       init``, which holds for sums started at zero.
     finalize: ``finalize(acc) -> aggregate``.
+    whole_cohort: the aggregate is not a sum over clients (a median, Krum):
+      the engine then keeps every client output of the round, ``[C, ...]``
+      with ``C`` the padded cohort size, and calls ``accumulate`` once with
+      all of them (weight 0 for padded and dropped clients, which must not
+      count) instead of streaming chunks into a sum. Memory then grows with
+      the cohort: ``C`` times the output size on every device.
   """
   init: Callable[[PyTree], PyTree]
   accumulate: Callable[[PyTree, PyTree, Any], PyTree]
   finalize: Callable[[PyTree], PyTree]
+  whole_cohort: bool = False
 
 
 class MeanAcc(NamedTuple):
@@ -68,3 +75,36 @@ def weighted_mean() -> Aggregator:
     return jax.tree.map(lambda t: t / denom.astype(t.dtype), acc.total)
 
   return Aggregator(init, accumulate, finalize)
+
+
+def coordinate_median() -> Aggregator:
+  """The coordinate-wise median of the clients' outputs, each client with
+  weight > 0 counted once (Yin et al., "Byzantine-Robust Distributed
+  Learning: Towards Optimal Statistical Rates", ICML 2018). Needs the whole
+  cohort (``whole_cohort=True``).
+
+  Example:
+
+    >>> import jax.numpy as jnp
+    >>> agg = coordinate_median()
+    >>> acc = agg.accumulate(agg.init(jnp.zeros(2)), jnp.array(
+    ...     [[1., 5.], [2., -1.], [100., 0.], [7., 7.]]),
+    ...     jnp.array([1., 1., 1., 0.]))
+    >>> agg.finalize(acc).tolist()
+    [2.0, 0.0]
+  """
+  def init(template):
+    return jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), template)
+
+  def accumulate(acc, outputs, weights):
+    del acc   # called once, with every client
+    counted = weights > 0
+
+    def median(x):
+      keep = counted.reshape((-1,) + (1,) * (x.ndim - 1))
+      return jnp.nanmedian(jnp.where(keep, x, jnp.nan), axis=0).astype(
+          x.dtype)
+
+    return jax.tree.map(median, outputs)
+
+  return Aggregator(init, accumulate, lambda acc: acc, whole_cohort=True)

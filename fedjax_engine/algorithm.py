@@ -47,6 +47,8 @@ class RoundInfo(NamedTuple):
   total_weight: Array   # sum of their aggregation weights
   population: Array     # clients in the dataset (int32), e.g. for SCAFFOLD's
                         # server control variate, a mean over all of them
+  key: Array = None     # the round's server-side randomness (central DP
+                        # noise, ...), apart from every client's key
 
 
 # The default aggregator of algorithms and first exchanges: one object, so
@@ -98,6 +100,14 @@ class Algorithm(NamedTuple):
       None means the global ``server_state.params``.
     prepare: a first exchange of the round before local training
       (:class:`Prepare`), or None.
+    transform: ``transform(server_state, client_output, client_state, key,
+      client_id) -> (client_output, client_state, client_metrics)`` for ONE
+      client, applied to what ``client_update`` returned before it is
+      aggregated: clipping and noise for differential privacy, compression
+      with error feedback (a residual in the client state), an attack by
+      the clients whose ids are malicious. ``key`` is the client's own,
+      apart from ``client_update``'s. None: outputs go to the aggregator
+      as they are. :mod:`fedjax_engine.transforms` composes them.
   """
   init: Callable[[Params], PyTree]
   client_update: Callable[..., tuple]
@@ -106,6 +116,7 @@ class Algorithm(NamedTuple):
   init_client_state: Callable[[Params], PyTree] | None = None
   personalize: Callable[..., Params] | None = None
   prepare: Prepare | None = None
+  transform: Callable[..., tuple] | None = None
 
 
 def masked_loss(model: Model, params, batch, mask, key, *, train=True):

@@ -383,3 +383,10 @@ def gather_on_host(data: FederatedData, cohort: Cohort, round_key, *,
 DATA_STREAM = 0    # shuffling of the client's examples
 TRAIN_STREAM = 1   # the key handed to client_update (dropout, noise, ...)
 SYSTEM_STREAM = 2  # system heterogeneity: failures and stragglers
+TRANSFORM_STREAM = 4  # Algorithm.transform of the client's output
+
+
+def server_key(round_key):
+  """The round's server-side randomness (``RoundInfo.key``): apart from
+  every client's, whose keys fold in ids below 2^31."""
+  return jax.random.fold_in(round_key, jnp.uint32(0xFFFFFFFF))

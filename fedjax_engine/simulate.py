@@ -216,6 +216,10 @@ class Round:
                weighting: str, gather: str,
                system: heterogeneity.SystemHeterogeneity | None = None):
     data.check_not_empty('training')
+    if algorithm.prepare is not None and (
+        algorithm.prepare.aggregator.whole_cohort):
+      raise ValueError('the aggregator of a first exchange (Algorithm.'
+                       'prepare) must stream: whole_cohort=False.')
     self.system = (system or heterogeneity.SystemHeterogeneity()).validate()
     self.algorithm = algorithm
     self.data = data
@@ -465,7 +469,7 @@ class Round:
                       weights=weights, keys=keys, states=cohort_states,
                       batches=cohort.batches, example_mask=cohort.example_mask)
 
-    def on_device(server_state, per_client, store):
+    def on_device(server_state, per_client, store, server_key):
       chunks = split_chunks(per_client, self.num_chunks)
 
       def vmapped(fn):
@@ -498,7 +502,8 @@ class Round:
         num_clients, total_weight = counts
         return RoundInfo(num_clients=num_clients.astype(jnp.int32),
                          total_weight=total_weight,
-                         population=jnp.int32(self.data.num_clients))
+                         population=jnp.int32(self.data.num_clients),
+                         key=server_key)
 
       def first_exchange(server_state):
         """The server state after ``algo.prepare``, and the round info."""
@@ -532,6 +537,16 @@ class Round:
         batches, mask, train_keys = chunk_inputs(chunk)
         outputs, new_states, metrics = train(
             server_state, chunk['states'], batches, mask, train_keys)
+        if algo.transform is not None:
+          keys = jax.vmap(
+              lambda k: jax.random.fold_in(k, data_lib.TRANSFORM_STREAM))(
+                  chunk['keys'])
+          outputs, new_states, more = jax.vmap(
+              algo.transform, in_axes=(None, 0, 0, 0, 0),
+              axis_name=algorithm_lib.COHORT_AXIS)(
+                  server_state, outputs, new_states, keys,
+                  chunk['client_ids'])
+          metrics = {**metrics, **more}
         metrics = _sum_metrics(metrics, chunk['client_mask'])
         metrics[UTILIZATION] = _step_utilization(mask, chunk['client_mask'])
         return outputs, new_states, metrics
@@ -550,21 +565,44 @@ class Round:
         metric_acc = jax.tree.map(jnp.add, metric_acc, metrics)
         return (agg_acc, metric_acc), new_states
 
-      acc, new_states = chunked(body, acc0, chunks, self.num_chunks)
+      def keep_outputs(metric_acc, chunk):
+        outputs, new_states, metrics = run_chunk(chunk)
+        return (jax.tree.map(jnp.add, metric_acc, metrics),
+                (new_states, outputs))
+
+      if algo.aggregator.whole_cohort:
+        # Every device holds the whole cohort's outputs, in cohort order,
+        # and reduces them alike; only the metric sums are summed below.
+        metric_acc, (new_states, outputs) = chunked(
+            keep_outputs, acc0[1], chunks, self.num_chunks)
+        everyone = jax.lax.all_gather(
+            (merge_chunks(outputs), per_client['weights']), AXIS, tiled=True)
+        acc = (algo.aggregator.accumulate(acc0[0], *everyone), metric_acc)
+      else:
+        acc, new_states = chunked(body, acc0, chunks, self.num_chunks)
+      agg_acc, metric_acc = acc
+      whole = algo.aggregator.whole_cohort
+      # A whole-cohort aggregate is already the same on every device.
+      to_sum = metric_acc if whole else acc
       # One all-reduce a round (two with a first exchange, whose server
       # state then leaves the devices too).
+      if algo.prepare is None:
+        to_sum, summed_counts = psum_packed((to_sum, counts), AXIS)
+        info = round_info(summed_counts)
+      else:
+        to_sum = psum_packed(to_sum, AXIS)
+      acc = (agg_acc, to_sum) if whole else to_sum
+      results = (acc, info)
       if algo.prepare is not None:
-        return ((psum_packed(acc, AXIS), info, server_state),
-                merge_chunks(new_states))
-      acc, summed = psum_packed((acc, counts), AXIS)
-      return (acc, round_info(summed)), merge_chunks(new_states)
+        results += (server_state,)
+      return results, merge_chunks(new_states)
 
     client_spec = jax.tree.map(lambda _: P(AXIS), per_client)
     results, new_states = jax.shard_map(
         on_device, mesh=self.mesh,
-        in_specs=(P(), client_spec, P()),
+        in_specs=(P(), client_spec, P(), P()),
         out_specs=(P(), P(AXIS)), check_vma=False)(
-            server_state, per_client, store)
+            server_state, per_client, store, data_lib.server_key(round_key))
     (agg_acc, metric_sums), info = results[:2]
     if algo.prepare is not None:
       server_state = results[2]

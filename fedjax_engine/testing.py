@@ -90,7 +90,8 @@ def reference_rounds(algorithm: Algorithm, model: Model,
   client's key is ``fold_in(fold_in(round_key, client_id), TRAIN_STREAM)``,
   so the loop sees exactly the engine's randomness. A stateful algorithm's
   clients read their row of the state table and write it back; a first
-  exchange (``algorithm.prepare``) runs over the clients before training.
+  exchange (``algorithm.prepare``) runs over the clients before training,
+  and ``algorithm.transform`` on each client's output after it.
   Aggregation
   is a float64 example-weighted mean, or for an algorithm with its own
   aggregator, that aggregator's ``accumulate`` over all the real clients at
@@ -115,7 +116,8 @@ def reference_rounds(algorithm: Algorithm, model: Model,
     weights = data.sizes[ids].astype(np.float64)
     info = RoundInfo(num_clients=jnp.asarray(len(ids), jnp.int32),
                      total_weight=jnp.asarray(weights.sum(), jnp.float32),
-                     population=jnp.asarray(data.num_clients, jnp.int32))
+                     population=jnp.asarray(data.num_clients, jnp.int32),
+                     key=data_lib.server_key(key))
 
     def client_inputs(i, client):
       return (jax.tree.map(lambda t, c=client: t[c], table),
@@ -132,6 +134,12 @@ def reference_rounds(algorithm: Algorithm, model: Model,
     outputs, loss_total, loss_count = [], 0.0, 0.0
     for i, client in enumerate(ids):
       output, row, metrics = client_update(state, *client_inputs(i, client))
+      if algorithm.transform is not None:
+        output, row, more = algorithm.transform(
+            state, output, row,
+            jax.random.fold_in(keys[i], data_lib.TRANSFORM_STREAM),
+            jnp.int32(client))
+        metrics = {**metrics, **more}
       table = jax.tree.map(lambda t, v, c=client: t.at[c].set(v), table, row)
       outputs.append(jax.device_get(output))
       if 'train_loss' in metrics:

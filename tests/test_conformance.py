@@ -26,6 +26,7 @@ from fedjax_engine import data as data_lib
 from fedjax_engine import registry
 from fedjax_engine import simulate
 from fedjax_engine import testing
+from fedjax_engine import transforms
 
 # (name, build(model) -> Algorithm). Every entry of fedjax_engine.registry's
 # ALGORITHMS must appear here (test_registry_algorithms_are_covered).
@@ -82,6 +83,43 @@ CONFORMANCE_CASES = [
     ('scaffold', lambda model: fe.algorithms.scaffold(
         model, client_optimizer=optax.sgd(0.1),
         server_optimizer=optax.sgd(0.8))),
+]
+
+
+
+def _noisy_odd_clients():
+  """A transform that reads the client's id and key: clients with odd ids
+  add Gaussian noise to their outputs."""
+  def client(state, output, row, key, client_id):
+    del state
+    odd = (client_id % 2).astype(jnp.float32)
+    leaves, treedef = jax.tree.flatten(output)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [x + 0.01 * odd * jax.random.normal(k, x.shape, x.dtype)
+             for x, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, noisy), row, {}
+  return transforms.Transform(client=client)
+
+
+def _median():
+  return transforms.Transform(
+      client=lambda state, output, row, key, client_id: (output, row, {}),
+      aggregator=fe.aggregate.coordinate_median())
+
+
+# Transforms on client outputs (fedjax_engine.transforms), through the same
+# suite: a clip, a transform reading client ids and keys, a whole-cohort
+# aggregator, and a stateful algorithm under a transform.
+CONFORMANCE_CASES += [
+    ('fedavg+clip', lambda model: transforms.apply(
+        fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1)),
+        transforms.clip(max_norm=0.05))),
+    ('fedprox+noise+median', lambda model: transforms.apply(
+        fe.algorithms.fedprox(model, client_optimizer=optax.sgd(0.1), mu=0.1),
+        _noisy_odd_clients(), _median())),
+    ('scaffold+clip', lambda model: transforms.apply(
+        fe.algorithms.scaffold(model, client_optimizer=optax.sgd(0.1)),
+        transforms.clip(max_norm=0.1))),
 ]
 
 BATCHING = fe.Batching(batch_size=4, local_steps=3)
@@ -229,7 +267,9 @@ def test_host_table_round_equals_python_loop(case, synthetic_train, model):
   name, algorithm = case
   if algorithm.init_client_state is None:
     pytest.skip('keeps no client state')
-  counted = _round(name, algorithm, synthetic_train)
+  # Its own configuration (two devices), so the host table's program does
+  # not count against the no-recompilation test's round.
+  counted = _round(name, algorithm, synthetic_train, num_devices=2)
   (state, table), history = testing.engine_rounds(
       counted.round, algorithm, model, ROUNDS, host_table=True)
   assert simulate.is_host_table(table)
