@@ -129,15 +129,8 @@ def afl(model: Model, *, client_optimizer: optax.GradientTransformation,
 
   def client_update(server_state, log_weight, batches, example_mask, key):
     w = server_state.params
-
-    def loss_at_start(total, batch, mask, i):
-      del i
-      _, loss = algorithm.masked_loss(model, w, batch, mask, key, train=False)
-      return jax.tree.map(jnp.add, total, loss)
-
-    zero = jnp.zeros((), jnp.float32)
-    start = algorithm.over_steps(loss_at_start, Mean(zero, zero), batches,
-                                 example_mask)
+    start = algorithm.loss_over_steps(model, w, batches, example_mask, key,
+                                      train=False)
     start_loss = start.total / jnp.maximum(start.count, 1.0)
     params, loss = train(w, batches, example_mask, key)
     weight = jnp.exp(log_weight - server_state.log_norm)

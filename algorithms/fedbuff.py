@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_engine import algorithm
-from fedjax_engine import tree
 from fedjax_engine.model import Mean, Model
 
 # Folded into a client's key for its staleness draw. Local training folds

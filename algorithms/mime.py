@@ -85,19 +85,8 @@ def mime(model: Model, *, client_optimizer: optax.GradientTransformation,
   def gradient_at_server(server_state, client_state, batches, example_mask,
                          key):
     del client_state
-    x = server_state.params
-
-    def accumulate(carry, batch, mask, i):
-      grad_sum, count = carry
-      grads, loss = grad_fn(x, batch, mask, jax.random.fold_in(key, i))
-      # Each step's gradient is its batch mean: weigh it by its examples.
-      return (tree.add(grad_sum, tree.scale(grads, loss.count)),
-              count + loss.count)
-
-    grad_sum, count = algorithm.over_steps(
-        accumulate, (tree.zeros_like(x), jnp.zeros((), jnp.float32)),
-        batches, example_mask)
-    return tree.scale(grad_sum, 1.0 / jnp.maximum(count, 1.0))
+    return algorithm.gradient_over_steps(model, server_state.params, batches,
+                                         example_mask, key)
 
   def keep_full_grad(server_state, mean_grad, info):
     del info

@@ -79,17 +79,9 @@ def mimelite(model: Model, *, client_optimizer: optax.GradientTransformation,
   def client_update(server_state, client_state, batches, example_mask, key):
     x, m = server_state.params, server_state.momentum
 
-    def full_gradient(carry, batch, mask, i):
-      grad_sum, count = carry
-      grads, loss = grad_fn(x, batch, mask, jax.random.fold_in(key, i))
-      # Each step's gradient is its batch mean: weigh it by its examples.
-      return (tree.add(grad_sum, tree.scale(grads, loss.count)),
-              count + loss.count)
-
+    grad_at_x = algorithm.gradient_over_steps(model, x, batches,
+                                              example_mask, key)
     zero = jnp.zeros((), jnp.float32)
-    grad_sum, count = algorithm.over_steps(
-        full_gradient, (tree.zeros_like(x), zero), batches, example_mask)
-    grad_at_x = tree.scale(grad_sum, 1.0 / jnp.maximum(count, 1.0))
 
     def step(carry, batch, mask, i):
       params, opt_state, loss_sum = carry

@@ -27,13 +27,12 @@ Example:
 
 import math
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from fedjax_engine import algorithm
 from fedjax_engine import tree
-from fedjax_engine.model import Mean, Model
+from fedjax_engine.model import Model
 
 
 def qffl(model: Model, *, client_optimizer: optax.GradientTransformation,
@@ -63,15 +62,7 @@ def qffl(model: Model, *, client_optimizer: optax.GradientTransformation,
 
   def client_update(server_state, client_state, batches, example_mask, key):
     w = server_state.params
-
-    def loss_at_start(total, batch, mask, i):
-      _, loss = algorithm.masked_loss(model, w, batch, mask,
-                                      jax.random.fold_in(key, i))
-      return jax.tree.map(jnp.add, total, loss)
-
-    zero = jnp.zeros((), jnp.float32)
-    start = algorithm.over_steps(loss_at_start, Mean(zero, zero), batches,
-                                 example_mask)
+    start = algorithm.loss_over_steps(model, w, batches, example_mask, key)
     f = start.total / jnp.maximum(start.count, 1.0)
     params, loss = train(w, batches, example_mask, key)
     dw = tree.scale(tree.sub(w, params), lipschitz)

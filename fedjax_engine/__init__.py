@@ -47,6 +47,11 @@ from fedjax_engine import sampling as sampling
 from fedjax_engine import testing as testing
 from fedjax_engine import heterogeneity as heterogeneity
 from fedjax_engine import transforms as transforms
+from fedjax_engine import attacks as attacks
+from fedjax_engine import compression as compression
+from fedjax_engine import robust as robust
+from fedjax_engine import privacy as privacy
+from fedjax_engine import accounting as accounting
 from fedjax_engine.heterogeneity import SystemHeterogeneity as SystemHeterogeneity
 from fedjax_engine import models as models
 from fedjax_engine import algorithms as algorithms

@@ -99,11 +99,13 @@ def coordinate_median() -> Aggregator:
   def accumulate(acc, outputs, weights):
     del acc   # called once, with every client
     counted = weights > 0
+    anyone = jnp.any(counted)
 
     def median(x):
       keep = counted.reshape((-1,) + (1,) * (x.ndim - 1))
-      return jnp.nanmedian(jnp.where(keep, x, jnp.nan), axis=0).astype(
-          x.dtype)
+      value = jnp.nanmedian(jnp.where(keep, x, jnp.nan), axis=0)
+      # Zero when no client counts, as the weighted mean gives.
+      return jnp.where(anyone, value, 0).astype(x.dtype)
 
     return jax.tree.map(median, outputs)
 

@@ -137,6 +137,40 @@ def loss_grad(model: Model):
                   has_aux=True)
 
 
+def loss_over_steps(model: Model, params, batches, example_mask, key, *,
+                    train: bool = True) -> Mean:
+  """The loss of fixed ``params`` over every unmasked example of a client's
+  batches ``[S, B, ...]``, as ``Mean(sum, count)`` (step ``i`` with key
+  ``fold_in(key, i)``): e.g. the loss at the server params that q-FFL and
+  Agnostic FL weigh clients by."""
+  def add(total, batch, mask, i):
+    _, loss = masked_loss(model, params, batch, mask,
+                          jax.random.fold_in(key, i), train=train)
+    return jax.tree.map(jnp.add, total, loss)
+
+  zero = jnp.zeros((), jnp.float32)
+  return over_steps(add, Mean(zero, zero), batches, example_mask)
+
+
+def gradient_over_steps(model: Model, params, batches, example_mask, key):
+  """The gradient of the mean loss over every unmasked example of a
+  client's batches at fixed ``params`` (each step's batch-mean gradient
+  weighed by its examples; step ``i`` with key ``fold_in(key, i)``): the
+  client's full-batch gradient of Mime and MimeLite."""
+  grad_fn = loss_grad(model)
+
+  def add(carry, batch, mask, i):
+    grad_sum, count = carry
+    grads, loss = grad_fn(params, batch, mask, jax.random.fold_in(key, i))
+    return (tree.add(grad_sum, tree.scale(grads, loss.count)),
+            count + loss.count)
+
+  grad_sum, count = over_steps(
+      add, (tree.zeros_like(params), jnp.zeros((), jnp.float32)), batches,
+      example_mask)
+  return tree.scale(grad_sum, 1.0 / jnp.maximum(count, 1.0))
+
+
 def optimizer_step(optimizer: optax.GradientTransformation, grads, params,
                    opt_state, active):
   """``(params, opt_state)`` after one step of ``optimizer``, or unchanged

@@ -32,6 +32,21 @@ from fedjax_engine import simulate
 from fedjax_engine.model import Mean, Model
 
 
+def example_values(metrics, outputs, batch) -> dict:
+  """``name -> (total [B], count)`` of each metric for a batch's examples.
+
+  A plain per-example value counts once per example; a Mean carries its own
+  count (tokens of a sequence, labels of an example), so ratios of sums are
+  over those units.
+  """
+  out = {}
+  for name, fn in metrics.items():
+    value = fn(outputs, batch)
+    out[name] = ((value.total, value.count) if isinstance(value, Mean)
+                 else (value, 1.0))
+  return out
+
+
 class Evaluator:
   """Evaluates params on all clients of a dataset; see :func:`make_evaluate`."""
 
@@ -85,13 +100,8 @@ class Evaluator:
         outputs = self.model.apply(params, batch, train=False)
         w = m.astype(jnp.float32)
         acc = dict(acc)
-        for name, fn in metrics.items():
-          value = fn(outputs, batch)
-          # A plain per-example value counts once per example; a Mean
-          # carries its own count (tokens of a sequence, labels of an
-          # example), so the ratio of sums is over those units.
-          total, count = ((value.total, value.count)
-                          if isinstance(value, Mean) else (value, 1.0))
+        for name, (total, count) in example_values(metrics, outputs,
+                                                   batch).items():
           acc[name] = Mean(
               acc[name].total + jax.ops.segment_sum(total * w, own,
                                                     num_segments=k),

@@ -43,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import data as data_lib
+from fedjax_engine import evaluate as evaluate_lib
 from fedjax_engine import simulate
 from fedjax_engine.model import Mean, Model
 
@@ -203,11 +204,8 @@ class PersonalEvaluator:
         outputs = self.model.apply(params, batch, train=False)
         w = m.astype(jnp.float32)
         acc = dict(acc)
-        for name, fn in metrics.items():
-          value = fn(outputs, batch)
-          # As in evaluate.py: a Mean carries its own count of units.
-          total, count = ((value.total, value.count)
-                          if isinstance(value, Mean) else (value, 1.0))
+        for name, (total, count) in evaluate_lib.example_values(
+            metrics, outputs, batch).items():
           acc[name] = Mean(acc[name].total + jnp.sum(total * w),
                            acc[name].count + jnp.sum(count * w))
         return acc, ()

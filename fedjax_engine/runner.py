@@ -41,7 +41,7 @@ import math
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
@@ -174,7 +174,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    available_fraction: float = 1.0,
                    personal_eval: bool = False,
                    finetune_steps: int = 0,
-                   finetune_optimizer: optax.GradientTransformation | None = None
+                   finetune_optimizer: optax.GradientTransformation | None = None,
+                   more_tests: Mapping[str, data_lib.FederatedData] | None = None,
+                   at_evaluation: Callable[[int], dict] | None = None
                    ) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
@@ -219,6 +221,11 @@ def run_experiment(algorithm: Algorithm, model: Model,
       own test examples, after ``finetune_steps`` local steps of
       ``finetune_optimizer`` (:mod:`fedjax_engine.personal_evaluate`);
       needs ``test`` with the same clients as ``train``.
+    more_tests: more test sets, evaluated with ``test``: ``name -> data``
+      gives ``test_<name>_<metric>`` (e.g. a backdoor test set, whose
+      accuracy is the attack's success rate).
+    at_evaluation: ``at_evaluation(rounds_done) -> {name: value}``, added
+      to every evaluation's record (the privacy spent, ``epsilon``).
 
   Raises:
     Diverged: see ``on_nonfinite``.
@@ -247,6 +254,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
   evaluate = (evaluate_lib.make_evaluate(model, test,
                                          batch_size=eval_batch_size)
               if test is not None else None)
+  more_evaluates = {
+      name: evaluate_lib.make_evaluate(model, data, batch_size=eval_batch_size)
+      for name, data in (more_tests or {}).items()}
   if (personal_eval or finetune_steps) and test is None:
     raise ValueError('personalized evaluation needs test data.')
   personal = (personal_evaluate.make_personal_evaluate(
@@ -285,14 +295,20 @@ def run_experiment(algorithm: Algorithm, model: Model,
     from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=num_rounds, unit='round', dynamic_ncols=True)
 
-  def scores(server_state, client_states):
+  def scores(server_state, client_states, rounds_done):
     out = _to_python(evaluate(server_state.params))
     if personal is not None:
       per_client = personal.per_client(server_state, client_states)
       out.update(personal_evaluate.summarize(per_client))
       if output_dir:
         _write_per_client(output_dir, train.client_ids, per_client)
-    return {f'test_{k}': v for k, v in out.items()}
+    for name, more in more_evaluates.items():
+      out.update({f'{name}_{k}': v for k, v in _to_python(
+          more(server_state.params)).items()})
+    out = {f'test_{k}': v for k, v in out.items()}
+    if at_evaluation is not None:
+      out.update(at_evaluation(rounds_done))
+    return out
 
   history = []
   warned = False
@@ -300,7 +316,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
   with _DeferredInterrupt() as interrupt:
     try:
       if num_rounds == 0 and evaluate is not None:
-        record = {'round': 0, **scores(server_state, client_states)}
+        record = {'round': 0, **scores(server_state, client_states, 0)}
         history.append(record)
         if sink:
           sink.write([record])
@@ -338,7 +354,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
         end = r + n
         if evaluate is not None and (end == num_rounds or (
             eval_every and end % eval_every == 0)):
-          records[-1].update(scores(server_state, client_states))
+          records[-1].update(scores(server_state, client_states, end))
         if sink:
           sink.write(records)
         history.extend(records)

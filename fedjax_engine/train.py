@@ -18,6 +18,7 @@ their devices when started with ``--coordinator_address``,
 starts them on this machine.
 """
 
+import functools
 import hashlib
 import inspect
 import logging as py_logging
@@ -34,12 +35,18 @@ from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
+from fedjax_engine import accounting
+from fedjax_engine import attacks
+from fedjax_engine import compression
 from fedjax_engine import data as data_lib
 from fedjax_engine import datasets
 from fedjax_engine import heterogeneity
+from fedjax_engine import privacy
 from fedjax_engine import registry
+from fedjax_engine import robust
 from fedjax_engine import run_dir
 from fedjax_engine import runner
+from fedjax_engine import transforms
 from fedjax_engine.datasets import download
 
 FLAGS = flags.FLAGS
@@ -88,6 +95,67 @@ flags.DEFINE_integer('availability_period', 0, 'Client availability: with '
                      'phase (a diurnal pattern), and only online clients '
                      'are sampled; 0: every client, every round.')
 flags.DEFINE_float('available_fraction', 0.5, 'See --availability_period.')
+# Privacy, robustness, compression and attacks: transforms of the clients'
+# outputs (fedjax_engine.transforms), for any algorithm.
+flags.DEFINE_enum('dp', 'none', privacy.DP_MODES, 'User-level differential '
+                  'privacy: dp_fedavg (clip, sum, central Gaussian noise), '
+                  'dp_ftrl (tree-aggregated noise, no sampling '
+                  'amplification needed), local (each client adds noise).')
+flags.DEFINE_float('dp_clip_norm', 1.0, '--dp: L2 norm each client\'s '
+                   'update is clipped to (the initial norm with '
+                   '--dp_target_quantile).')
+flags.DEFINE_float('dp_noise_multiplier', None, '--dp: noise standard '
+                   'deviation over the clip norm; or --target_epsilon.')
+flags.DEFINE_float('target_epsilon', None, '--dp: pick the noise multiplier '
+                   'that spends this epsilon over --num_rounds.')
+flags.DEFINE_float('dp_delta', None, '--dp: delta of the reported (epsilon, '
+                   'delta); default 1 / (number of clients)^1.1, below one '
+                   'over the number of users as it must be.')
+flags.DEFINE_float('dp_target_quantile', None, '--dp=dp_fedavg: adaptive '
+                   'clipping to this quantile of the update norms (Andrew '
+                   'et al. 2021); unset: fixed clipping.')
+flags.DEFINE_enum('dp_accountant', 'rdp', accounting.ACCOUNTANTS, '--dp: '
+                  'dp-accounting\'s RDP or PLD accountant.')
+flags.DEFINE_enum('robust_aggregator', 'mean', robust.AGGREGATORS, 'How '
+                  'client outputs combine: the algorithm\'s mean, or a '
+                  'Byzantine-robust rule (keeps the whole cohort\'s '
+                  'outputs in memory).')
+flags.DEFINE_float('trim_fraction', None, '--robust_aggregator='
+                   'trimmed_mean: the fraction cut at each end.')
+flags.DEFINE_integer('num_byzantine', None, '--robust_aggregator=krum, '
+                     'multi_krum, bulyan: the number of Byzantine clients '
+                     'f tolerated.')
+flags.DEFINE_integer('multi_krum_selected', None, '--robust_aggregator='
+                     'multi_krum: the number of clients averaged.')
+flags.DEFINE_float('norm_bound', None, 'Clip every client\'s update to '
+                   'this L2 norm before aggregation (norm bounding).')
+flags.DEFINE_enum('compression', 'none', compression.COMPRESSIONS, 'Uplink '
+                  'compression of client updates.')
+flags.DEFINE_integer('quantize_bits', 8, '--compression=quantize: bits per '
+                     'value.')
+flags.DEFINE_float('sparsity_fraction', 0.01, '--compression=top_k, '
+                   'random_k: the fraction of values sent.')
+flags.DEFINE_bool('error_feedback', True, '--compression=top_k, random_k: '
+                  'keep what was not sent in a per-client residual.')
+flags.DEFINE_float('malicious_fraction', 0.0, 'The fraction of clients that '
+                   'are malicious (a fixed set, drawn from --seed).')
+flags.DEFINE_enum('attack', 'none', attacks.UPDATE_ATTACKS, 'What the '
+                  'malicious clients send instead of their update.')
+flags.DEFINE_enum('data_attack', 'none', attacks.DATA_ATTACKS, 'How the '
+                  'malicious clients poison their training data (with '
+                  'backdoor: test_backdoor_accuracy, the attack\'s success '
+                  'rate).')
+flags.DEFINE_float('attack_scale', 1.0, '--attack=sign_flip: the scale.')
+flags.DEFINE_float('attack_stddev', 1.0, '--attack=gaussian: the standard '
+                   'deviation.')
+flags.DEFINE_float('attack_boost', None, '--attack=model_replacement: the '
+                   'boost; default clients per round over malicious ones.')
+flags.DEFINE_float('alie_z', None, '--attack=alie: the shift in standard '
+                   'deviations; default the paper\'s z_max.')
+flags.DEFINE_integer('backdoor_target', 0, '--data_attack=backdoor: the '
+                     'target class.')
+flags.DEFINE_float('backdoor_fraction', 0.5, '--data_attack=backdoor: the '
+                   'share of each malicious client\'s examples poisoned.')
 flags.DEFINE_enum('weighting', 'examples', ['examples', 'uniform'],
                   'Aggregation weights: client example counts or uniform.')
 flags.DEFINE_integer('eval_every', 50, 'Evaluate every this many rounds (and '
@@ -183,6 +251,8 @@ _AT_LEAST_1 = (lambda v: v >= 1, '>= 1')
 _AT_LEAST_2 = (lambda v: v >= 2, '>= 2')
 _FINITE = (math.isfinite, 'a finite number')
 _UNIT_OPEN_LOW = (lambda v: 0 < v <= 1, 'in (0, 1]')
+_UNIT_OPEN = (lambda v: 0 < v < 1, 'in (0, 1)')
+_HALF_OPEN = (lambda v: 0 <= v < 0.5, 'in [0, 0.5)')
 RANGES = {
     'num_rounds': _AT_LEAST_0, 'clients_per_round': _AT_LEAST_1,
     'local_steps': _AT_LEAST_1, 'local_epochs': _AT_LEAST_1,
@@ -194,6 +264,15 @@ RANGES = {
     'availability_period': _AT_LEAST_0, 'available_fraction': _UNIT_OPEN_LOW,
     'eval_every': _AT_LEAST_0, 'eval_batch_size': _AT_LEAST_1,
     'finetune_steps': _AT_LEAST_0, 'finetune_lr': _POSITIVE,
+    'dp_clip_norm': _POSITIVE, 'dp_noise_multiplier': _NON_NEGATIVE,
+    'target_epsilon': _POSITIVE, 'dp_delta': _UNIT_OPEN,
+    'dp_target_quantile': _UNIT_OPEN, 'trim_fraction': _HALF_OPEN,
+    'num_byzantine': _AT_LEAST_0, 'multi_krum_selected': _AT_LEAST_1,
+    'norm_bound': _POSITIVE, 'quantize_bits': _AT_LEAST_1,
+    'sparsity_fraction': _UNIT_OPEN_LOW, 'malicious_fraction': _FRACTION,
+    'attack_scale': _POSITIVE, 'attack_stddev': _NON_NEGATIVE,
+    'attack_boost': _POSITIVE, 'alie_z': _FINITE,
+    'backdoor_target': _AT_LEAST_0, 'backdoor_fraction': _UNIT_OPEN_LOW,
     'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
     'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
     'num_processes': _AT_LEAST_1, 'process_id': _AT_LEAST_0,
@@ -330,6 +409,8 @@ def _build():
     algorithm = factory(model, **kwargs)
   except (ValueError, TypeError) as e:
     raise UsageError(f'--algorithm={FLAGS.algorithm}: {e}') from e
+  algorithm, train, more_tests, at_evaluation = _with_transforms(
+      algorithm, train, test, dataset.num_classes)
   for name in ('finetune_steps', 'finetune_lr'):
     _check(FLAGS.personal_eval or not FLAGS[name].value,
            f'--{name} applies to personalized evaluation; add '
@@ -339,7 +420,84 @@ def _build():
            f'--personal_eval tests each client on its own test examples, but '
            f'--dataset={FLAGS.dataset} has {train.num_clients} training and '
            f'{test.num_clients} test clients that differ.')
-  return algorithm, model, train, test, batching
+  return algorithm, model, train, test, batching, more_tests, at_evaluation
+
+
+def _privacy_spent(rounds, *, noise, plan):
+  """What a private run reports at an evaluation after ``rounds`` rounds."""
+  spent = (accounting.epsilon(noise_multiplier=noise, rounds=rounds, **plan)
+           if rounds else 0.0)
+  return {'epsilon': spent, 'delta': plan['delta'], 'noise_multiplier': noise}
+
+
+def _with_transforms(algorithm, train, test, num_classes):
+  """The privacy, robustness, compression and attack flags applied: the
+  algorithm with its transforms, the (possibly poisoned) training data, more
+  test sets (a backdoor's) and what to add at each evaluation (epsilon)."""
+  f = FLAGS
+  more_tests, malicious, accountant = {}, None, None
+  attacking = f.attack != 'none' or f.data_attack != 'none'
+  _check(attacking == (f.malicious_fraction > 0),
+         f'--attack={f.attack}, --data_attack={f.data_attack} and '
+         f'--malicious_fraction={f.malicious_fraction}: an attack needs '
+         'malicious clients, and malicious clients an attack.')
+  if attacking:
+    malicious = attacks.malicious_clients(
+        num_clients=train.num_clients, fraction=f.malicious_fraction,
+        seed=f.seed)
+  if f.data_attack != 'none':
+    _check(f.backdoor_target < num_classes, f'--backdoor_target='
+           f'{f.backdoor_target} is not a class of --dataset={f.dataset} '
+           f'(0 to {num_classes - 1}).')
+    train, backdoor_test = attacks.poison_data(
+        train, test, attack=f.data_attack, malicious=malicious,
+        num_classes=num_classes, target_label=f.backdoor_target,
+        poison_fraction=f.backdoor_fraction, seed=f.seed)
+    if backdoor_test is not None:
+      more_tests['backdoor'] = backdoor_test
+  stages = compression.transforms_from_flags(
+      compression=f.compression, bits=f.quantize_bits,
+      fraction=f.sparsity_fraction, error_feedback=f.error_feedback)
+  if f.norm_bound:
+    stages.append(transforms.clip(max_norm=f.norm_bound))
+  if f.dp != 'none':
+    _check(f.robust_aggregator == 'mean', f'--dp={f.dp} sums the clipped '
+           'updates, so it cannot combine with --robust_aggregator='
+           f'{f.robust_aggregator}.')
+    _check((f.dp_noise_multiplier is None) != (f.target_epsilon is None),
+           f'--dp={f.dp} needs exactly one of --dp_noise_multiplier and '
+           '--target_epsilon.')
+    _check(not (f.availability_period or f.client_dropout),
+           f'--dp={f.dp}: the privacy accounting assumes --clients_per_round '
+           'clients drawn uniformly without replacement every round, which '
+           '--availability_period and --client_dropout change.')
+    delta = f.dp_delta or train.num_clients ** -1.1
+    plan = dict(clients_per_round=f.clients_per_round,
+                num_clients=train.num_clients, delta=delta, mechanism=f.dp,
+                accountant=f.dp_accountant)
+    noise = f.dp_noise_multiplier
+    if noise is None:
+      noise = accounting.noise_for_epsilon(f.target_epsilon,
+                                           rounds=f.num_rounds, **plan)
+    stages += privacy.transforms_from_flags(
+        dp=f.dp, clip_norm=f.dp_clip_norm, noise_multiplier=noise,
+        target_quantile=f.dp_target_quantile,
+        clients_per_round=f.clients_per_round, seed=f.seed)
+
+    accountant = functools.partial(_privacy_spent, noise=noise, plan=plan)
+  # A factory's ValueError names its bad value; main() reports it.
+  stages += robust.transforms_from_flags(
+      aggregator=f.robust_aggregator, trim_fraction=f.trim_fraction,
+      num_byzantine=f.num_byzantine, num_selected=f.multi_krum_selected)
+  if f.attack != 'none':
+    defended = transforms.apply(algorithm, *stages).aggregator
+    stages += attacks.transforms_from_flags(
+        attack=f.attack, malicious=malicious, scale=f.attack_scale,
+        stddev=f.attack_stddev, boost=f.attack_boost,
+        clients_per_round=f.clients_per_round, z=f.alie_z,
+        aggregator=defended)
+  return (transforms.apply(algorithm, *stages), train, more_tests,
+          accountant)
 
 
 def _quiet_jax_startup():
@@ -502,7 +660,8 @@ def main(argv):
         print(f'moved the earlier run in {output_dir} to {moved}',
               file=sys.stderr)
       run_dir.write_text(output_dir, run_dir.FLAGS, _flags_text())
-    algorithm, model, train, test, batching = _build()
+    (algorithm, model, train, test, batching, more_tests,
+     at_evaluation) = _build()
     history = runner.run_experiment(
         algorithm, model, train, test, batching=batching,
         clients_per_round=FLAGS.clients_per_round,
@@ -521,7 +680,8 @@ def main(argv):
         available_fraction=FLAGS.available_fraction,
         personal_eval=FLAGS.personal_eval,
         finetune_steps=FLAGS.finetune_steps,
-        finetune_optimizer=optax.sgd(FLAGS.finetune_lr or FLAGS.client_lr))
+        finetune_optimizer=optax.sgd(FLAGS.finetune_lr or FLAGS.client_lr),
+        more_tests=more_tests, at_evaluation=at_evaluation)
   except runner.Diverged as e:
     where = (f' Metrics up to round {e.written} are in '
              f'{os.path.join(output_dir, run_dir.METRICS)}.'

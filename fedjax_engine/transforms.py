@@ -114,8 +114,10 @@ def apply(algorithm: algorithm_lib.Algorithm,
     aggregator = t.aggregator or aggregator
 
   def init(params):
-    return TransformedState(algorithm.init(params),
-                            tuple(t.init(params) for t in transforms))
+    # Copies: a transform may hand back one array in two places (or the
+    # params themselves), and the round donates every buffer of the state.
+    extra = jax.tree.map(jnp.array, tuple(t.init(params) for t in transforms))
+    return TransformedState(algorithm.init(params), extra)
 
   def init_client_state(params):
     inner = (algorithm.init_client_state(params)
@@ -162,11 +164,9 @@ def apply(algorithm: algorithm_lib.Algorithm,
         info._replace(key=jax.random.fold_in(info.key, len(transforms))))
     return TransformedState(inner, tuple(extra))
 
-  personalize = None
-  if algorithm.personalize is not None:
-    def personalize(state, row, batches, example_mask, key):
-      return algorithm.personalize(state.inner, split(row)[0], batches,
-                                   example_mask, key)
+  def personalize(state, row, batches, example_mask, key):
+    return algorithm.personalize(state.inner, split(row)[0], batches,
+                                 example_mask, key)
 
   prepare = None
   if algorithm.prepare is not None:
@@ -185,7 +185,8 @@ def apply(algorithm: algorithm_lib.Algorithm,
       init=init, client_update=client_update, server_update=server_update,
       aggregator=aggregator,
       init_client_state=init_client_state if stateful_rows else None,
-      personalize=personalize, prepare=prepare, transform=transform)
+      personalize=personalize if algorithm.personalize else None,
+      prepare=prepare, transform=transform)
 
 
 def clip(*, max_norm: float) -> Transform:

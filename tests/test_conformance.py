@@ -25,6 +25,10 @@ import fedjax_engine as fe
 from fedjax_engine import data as data_lib
 from fedjax_engine import registry
 from fedjax_engine import simulate
+from fedjax_engine import attacks
+from fedjax_engine import compression
+from fedjax_engine import privacy
+from fedjax_engine import robust
 from fedjax_engine import testing
 from fedjax_engine import transforms
 
@@ -87,6 +91,10 @@ CONFORMANCE_CASES = [
 
 
 
+def _fedavg(model):
+  return fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1))
+
+
 def _noisy_odd_clients():
   """A transform that reads the client's id and key: clients with odd ids
   add Gaussian noise to their outputs."""
@@ -107,10 +115,18 @@ def _median():
       aggregator=fe.aggregate.coordinate_median())
 
 
-# Transforms on client outputs (fedjax_engine.transforms), through the same
-# suite: a clip, a transform reading client ids and keys, a whole-cohort
-# aggregator, and a stateful algorithm under a transform.
-CONFORMANCE_CASES += [
+# Malicious clients of the attack cases: two in each of ROUNDS' cohorts.
+_MALICIOUS = np.isin(np.arange(12), [2, 5, 6, 11])
+
+# Transforms of client outputs (fedjax_engine.transforms) on an algorithm:
+# privacy, robust aggregation, compression, attacks, and test transforms
+# that read client ids and keys. A transform acts between client_update and
+# server_update, so test_transform_round_equals_python_loop checks what it
+# can change: the round against the loop on four devices, and on one device
+# with a padded cohort in chunks (padding, chunking and the device count),
+# and bitwise reproducibility. fe.testing.check_algorithm runs the full
+# set on each of them (tests of their own modules).
+TRANSFORM_CASES = [
     ('fedavg+clip', lambda model: transforms.apply(
         fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1)),
         transforms.clip(max_norm=0.05))),
@@ -120,6 +136,46 @@ CONFORMANCE_CASES += [
     ('scaffold+clip', lambda model: transforms.apply(
         fe.algorithms.scaffold(model, client_optimizer=optax.sgd(0.1)),
         transforms.clip(max_norm=0.1))),
+    # Trims 1 of 5 at each end.
+    ('fedavg+trimmed_mean', lambda model: transforms.apply(
+        _fedavg(model),
+        robust.as_transform(robust.trimmed_mean(trim_fraction=0.2)))),
+    ('fedavg+multi_krum', lambda model: transforms.apply(
+        _fedavg(model),
+        robust.as_transform(robust.krum(num_byzantine=1, num_selected=3)))),
+    ('fedavg+geometric_median', lambda model: transforms.apply(
+        _fedavg(model), robust.as_transform(robust.geometric_median()))),
+    # Deltas there have norms about 1: a clip of 1 binds for about half.
+    ('fedavg+dp_fedavg', lambda model: transforms.apply(
+        _fedavg(model), *privacy.dp_fedavg(
+            clip_norm=1.0, noise_multiplier=0.5, expected_clients=5))),
+    ('fedavg+dp_fedavg_adaptive', lambda model: transforms.apply(
+        _fedavg(model), *privacy.dp_fedavg(
+            clip_norm=1.0, noise_multiplier=0.3, expected_clients=5,
+            target_quantile=0.5))),
+    ('fedavg+local_dp', lambda model: transforms.apply(
+        _fedavg(model), *privacy.local_gaussian(clip_norm=1.0,
+                                                noise_multiplier=0.5))),
+    ('fedavg+dp_ftrl', lambda model: transforms.apply(
+        _fedavg(model), *privacy.dp_ftrl(
+            clip_norm=1.0, noise_multiplier=0.5, expected_clients=5,
+            seed=3))),
+    ('fedavg+quantize', lambda model: transforms.apply(
+        _fedavg(model), compression.quantize(bits=2))),
+    # Error feedback: a residual per client in the state table.
+    ('fedavg+top_k', lambda model: transforms.apply(
+        _fedavg(model), compression.top_k(fraction=0.1))),
+    ('fedavg+random_k', lambda model: transforms.apply(
+        _fedavg(model), compression.random_k(fraction=0.1))),
+    ('fedavg+drive', lambda model: transforms.apply(
+        _fedavg(model), compression.drive())),
+    ('fedavg+sign_flip', lambda model: transforms.apply(
+        _fedavg(model), attacks.sign_flip(_MALICIOUS, scale=2.0))),
+    ('fedavg+model_replacement', lambda model: transforms.apply(
+        _fedavg(model), attacks.model_replacement(_MALICIOUS, boost=3.0))),
+    ('fedavg+alie+median', lambda model: transforms.apply(
+        _fedavg(model), attacks.a_little_is_enough(
+            _MALICIOUS, z=1.0, aggregator=fe.aggregate.coordinate_median()))),
 ]
 
 BATCHING = fe.Batching(batch_size=4, local_steps=3)
@@ -406,6 +462,25 @@ def test_no_recompilation_after_first_round(case, synthetic_train, model):
   jax.block_until_ready(state)
   assert counted.traces == traces_after_first, 'client_update was retraced'
   assert _num_programs(rnd) == 1, 'the round was recompiled'
+
+
+@pytest.mark.parametrize('name, build', TRANSFORM_CASES,
+                         ids=[n for n, _ in TRANSFORM_CASES])
+def test_transform_round_equals_python_loop(name, build, synthetic_train,
+                                            model):
+  algorithm = _ALGORITHMS.setdefault(name, build(model))
+  expected = _reference(name, algorithm, model, synthetic_train)
+  four = _round(name, algorithm, synthetic_train).round
+  result = _run_engine(four, algorithm, model)
+  _assert_matches_reference(*result, expected)
+  # One device, a cohort padded to 8 in chunks of 2: three padded clients.
+  one = _round(name, algorithm, synthetic_train, num_devices=1,
+               clients_per_round=8, client_chunk_size=2).round
+  _assert_matches_reference(*_run_engine(one, algorithm, model), expected)
+  again = _run_engine(four, algorithm, model)
+  for a, b in zip(jax.tree.leaves(jax.device_get(result)),
+                  jax.tree.leaves(jax.device_get(again))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_recompilation_is_detected(synthetic_train, model):
