@@ -172,6 +172,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    state_table_dir: str | None = None,
                    availability_period: int = 0,
                    available_fraction: float = 1.0,
+                   poisson_rate: float | None = None,
                    personal_eval: bool = False,
                    finetune_steps: int = 0,
                    finetune_optimizer: optax.GradientTransformation | None = None,
@@ -216,6 +217,10 @@ def run_experiment(algorithm: Algorithm, model: Model,
       online ``available_fraction`` of every ``availability_period`` rounds,
       each at its own phase, and only online clients are sampled
       (:func:`fedjax_engine.sampling.available`); 0 samples from all.
+    poisson_rate: each client takes part in a round with this probability,
+      independently (:func:`fedjax_engine.sampling.poisson`, the sampling
+      DP accounting usually assumes); ``clients_per_round`` is then unused
+      and the round holds the sampler's capacity.
     personal_eval: at every evaluation, also evaluate each client's own
       model (the algorithm's ``personalize``, else the global model) on its
       own test examples, after ``finetune_steps`` local steps of
@@ -246,9 +251,24 @@ def run_experiment(algorithm: Algorithm, model: Model,
                      f'{state_table!r}.')
   on_host = state_table == 'host' and algorithm.init_client_state is not None
   fused = gather == 'device' and rounds_per_call > 1 and not on_host
+  init_key, rounds_key, sample_key = jax.random.split(jax.random.key(seed), 3)
+  if availability_period and poisson_rate:
+    raise ValueError('choose availability_period or poisson_rate, not both.')
+  if availability_period:
+    sampler = sampling.available(
+        num_clients=train.num_clients, clients_per_round=clients_per_round,
+        key=sample_key, period=availability_period,
+        available_fraction=available_fraction)
+  elif poisson_rate:
+    sampler = sampling.poisson(num_clients=train.num_clients,
+                               rate=poisson_rate, key=sample_key)
+  else:
+    sampler = sampling.uniform(num_clients=train.num_clients,
+                               clients_per_round=clients_per_round,
+                               key=sample_key)
   rnd = simulate.make_round(
       algorithm, train, batching=batching,
-      clients_per_round=clients_per_round,
+      clients_per_round=sampler.clients_per_round,
       client_chunk_size=client_chunk_size, weighting=weighting, gather=gather,
       system=system)
   evaluate = (evaluate_lib.make_evaluate(model, test,
@@ -264,16 +284,6 @@ def run_experiment(algorithm: Algorithm, model: Model,
       finetune_steps=finetune_steps, finetune_optimizer=finetune_optimizer,
       batch_size=min(eval_batch_size, 256),
       client_chunk_size=client_chunk_size) if personal_eval else None)
-  init_key, rounds_key, sample_key = jax.random.split(jax.random.key(seed), 3)
-  if availability_period:
-    sampler = sampling.available(
-        num_clients=train.num_clients, clients_per_round=clients_per_round,
-        key=sample_key, period=availability_period,
-        available_fraction=available_fraction)
-  else:
-    sampler = sampling.uniform(num_clients=train.num_clients,
-                               clients_per_round=clients_per_round,
-                               key=sample_key)
   server_state = algorithm.init(model.init(init_key))
   if on_host:
     client_states = simulate.host_table(algorithm, server_state.params,

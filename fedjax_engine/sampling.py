@@ -17,6 +17,8 @@ Example:
   (3, np.True_)
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +127,56 @@ def available(*, num_clients: int, clients_per_round: int, key,
                              clients_per_round=clients_per_round, key=key,
                              period=period,
                              available_fraction=available_fraction)
+
+
+class PoissonSampler:
+  """Each client takes part in a round independently with probability
+  ``rate``: the sampling that the privacy accounting of DP-SGD and DP-FedAvg
+  assumes (Abadi et al., CCS 2016; McMahan et al., ICLR 2018).
+
+  The cohort varies in size; the round holds ``capacity`` slots (the
+  ``clients_per_round`` a round is compiled for), clients fill them in a
+  random order and empty slots hold -1. A round that draws more clients
+  than ``capacity`` leaves the extra ones out, which the accounting does
+  not cover; the default capacity, the mean plus 7 standard deviations of
+  the cohort size (and at least 8), makes that rarer than about one round
+  in 10^11.
+  """
+
+  def __init__(self, *, num_clients: int, rate: float, key,
+               capacity: int | None = None):
+    if not 0 < rate <= 1:
+      raise ValueError(f'rate must lie in (0, 1], got {rate!r}.')
+    mean = rate * num_clients
+    if capacity is None:
+      capacity = math.ceil(mean + 7 * math.sqrt(mean * (1 - rate)))
+      capacity = min(num_clients, max(capacity, min(8, num_clients)))
+    if not 1 <= capacity <= num_clients:
+      raise ValueError(f'capacity must lie in [1, {num_clients}] (the number '
+                       f'of clients), got {capacity}.')
+    self.num_clients = num_clients
+    self.rate = rate
+    self.clients_per_round = capacity
+    self.key = key
+    self._on_host = jax.jit(self.on_device)
+
+  def on_device(self, round_num):
+    """The cohort of ``round_num`` (traceable): int32 ``[capacity]``, -1 in
+    empty slots."""
+    draws = jax.random.uniform(jax.random.fold_in(self.key, round_num),
+                               (2, self.num_clients))
+    # Who takes part, and, independently, the order that fills the slots.
+    scores = jnp.where(draws[0] < self.rate, draws[1], jnp.inf)
+    _, ids = jax.lax.top_k(-scores, self.clients_per_round)
+    return jnp.where(jnp.isfinite(scores[ids]), ids, -1).astype(jnp.int32)
+
+  def __call__(self, round_num: int) -> np.ndarray:
+    ids = np.asarray(self._on_host(round_num))
+    return ids[ids >= 0]
+
+
+def poisson(*, num_clients: int, rate: float, key,
+            capacity: int | None = None) -> PoissonSampler:
+  """Poisson sampling; see :class:`PoissonSampler`."""
+  return PoissonSampler(num_clients=num_clients, rate=rate, key=key,
+                        capacity=capacity)

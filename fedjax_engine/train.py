@@ -116,6 +116,12 @@ flags.DEFINE_float('dp_target_quantile', None, '--dp=dp_fedavg: adaptive '
                    'et al. 2021); unset: fixed clipping.')
 flags.DEFINE_enum('dp_accountant', 'rdp', accounting.ACCOUNTANTS, '--dp: '
                   'dp-accounting\'s RDP or PLD accountant.')
+flags.DEFINE_enum('dp_sampling', 'without_replacement', accounting.SAMPLINGS,
+                  '--dp: without_replacement samples --clients_per_round '
+                  'clients a round (as without --dp); poisson includes each '
+                  'client with probability --clients_per_round / clients, '
+                  'the sampling most papers\' epsilons assume (smaller '
+                  'epsilon for the same noise).')
 flags.DEFINE_enum('robust_aggregator', 'mean', robust.AGGREGATORS, 'How '
                   'client outputs combine: the algorithm\'s mean, or a '
                   'Byzantine-robust rule (keeps the whole cohort\'s '
@@ -474,7 +480,7 @@ def _with_transforms(algorithm, train, test, num_classes):
     delta = f.dp_delta or train.num_clients ** -1.1
     plan = dict(clients_per_round=f.clients_per_round,
                 num_clients=train.num_clients, delta=delta, mechanism=f.dp,
-                accountant=f.dp_accountant)
+                accountant=f.dp_accountant, sampling=f.dp_sampling)
     noise = f.dp_noise_multiplier
     if noise is None:
       noise = accounting.noise_for_epsilon(f.target_epsilon,
@@ -678,6 +684,9 @@ def main(argv):
         state_table=FLAGS.state_table, state_table_dir=FLAGS.state_table_dir,
         availability_period=FLAGS.availability_period,
         available_fraction=FLAGS.available_fraction,
+        poisson_rate=(FLAGS.clients_per_round / train.num_clients
+                      if FLAGS.dp != 'none' and FLAGS.dp_sampling == 'poisson'
+                      else None),
         personal_eval=FLAGS.personal_eval,
         finetune_steps=FLAGS.finetune_steps,
         finetune_optimizer=optax.sgd(FLAGS.finetune_lr or FLAGS.client_lr),

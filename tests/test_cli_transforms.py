@@ -85,3 +85,15 @@ def test_bad_combinations_exit_2(tmp_path, args, message):
   assert result.returncode == 2, result.stderr
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_poisson_sampling_spends_less_epsilon(tmp_path):
+  spent = {}
+  for sampling in ('without_replacement', 'poisson'):
+    out = tmp_path / sampling
+    result = _train('--dp=dp_fedavg', '--dp_noise_multiplier=1.0',
+                    f'--dp_sampling={sampling}', f'--output_dir={out}',
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    spent[sampling] = _last_record(out)['epsilon']
+  assert 0 < spent['poisson'] < spent['without_replacement']
