@@ -1,7 +1,8 @@
 """fedjax-engine: vectorized federated learning simulation in JAX.
 
 Public API. Implementation modules are imported here name by name; anything
-not re-exported is private.
+not re-exported is private. ``fedjax_engine.accounting`` (privacy accounting,
+which loads dp-accounting and scipy) is imported on its own when needed.
 """
 
 import os as _os
@@ -51,7 +52,6 @@ from fedjax_engine import attacks as attacks
 from fedjax_engine import compression as compression
 from fedjax_engine import robust as robust
 from fedjax_engine import privacy as privacy
-from fedjax_engine import accounting as accounting
 from fedjax_engine.heterogeneity import SystemHeterogeneity as SystemHeterogeneity
 from fedjax_engine import models as models
 from fedjax_engine import algorithms as algorithms

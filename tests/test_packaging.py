@@ -122,6 +122,9 @@ PUBLIC = [
     'Batching', 'Cohort', 'DeviceData', 'FederatedData', 'Model', 'accuracy',
     'from_linen', 'from_nnx', 'softmax_cross_entropy', 'Round', 'make_round',
     'Evaluator', 'make_evaluate', 'models', 'algorithms', 'datasets',
+    'PersonalEvaluator', 'make_personal_evaluate', 'host_table', 'testing',
+    'heterogeneity', 'SystemHeterogeneity', 'aggregate', 'transforms',
+    'privacy', 'robust', 'compression', 'attacks',
 ]
 
 
