@@ -35,6 +35,13 @@ BAD_VALUES = {
     'synthetic_size_log_mean': math.nan, 'synthetic_size_log_sigma': -1.0,
     'synthetic_min_size': 1, 'synthetic_test_fraction': 1.0,
     'availability_period': -1, 'available_fraction': 0.0,
+    'finetune_steps': -1, 'finetune_lr': 0.0, 'dp_clip_norm': 0.0,
+    'dp_noise_multiplier': -1.0, 'target_epsilon': 0.0, 'dp_delta': 1.0,
+    'dp_target_quantile': 0.0, 'trim_fraction': 0.5, 'num_byzantine': -1,
+    'multi_krum_selected': 0, 'norm_bound': -1.0, 'quantize_bits': 0,
+    'sparsity_fraction': 0.0, 'malicious_fraction': 1.0, 'attack_scale': 0.0,
+    'attack_stddev': -1.0, 'attack_boost': 0.0, 'alie_z': math.inf,
+    'backdoor_target': -1, 'backdoor_fraction': 0.0,
 }
 
 
