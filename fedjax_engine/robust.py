@@ -472,6 +472,41 @@ def _pass_client(state, output, row, key, client_id):
   return output, row, {}
 
 
+def norm_bounded_mean(*, max_norm: float) -> aggregate_lib.Aggregator:
+  """The weighted mean of the received outputs, each first scaled down by
+  the server to L2 norm at most ``max_norm`` (norm bounding: Sun, Kairouz,
+  Suresh, McMahan, "Can You Really Backdoor Federated Learning?", 2019).
+  The server does it, so it bounds what attackers send too (a client-side
+  :func:`fedjax_engine.transforms.clip` bounds only honest clients). It
+  streams: no whole cohort is kept.
+
+  Example:
+
+    >>> import jax.numpy as jnp
+    >>> agg = norm_bounded_mean(max_norm=1.0)
+    >>> acc = agg.accumulate(agg.init(jnp.zeros(2)),
+    ...                      jnp.array([[3., 4.], [0., 0.5]]), jnp.ones(2))
+    >>> agg.finalize(acc).tolist()
+    [0.30000001192092896, 0.6499999761581421]
+  """
+  if not (_is_real(max_norm) and math.isfinite(max_norm) and max_norm > 0):
+    raise ValueError(f'max_norm must be a finite number > 0, got '
+                     f'{max_norm!r}.')
+  mean = aggregate_lib.weighted_mean()
+
+  def accumulate(acc, outputs, weights):
+    norms = jnp.sqrt(sum(
+        jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=1)
+        for x in jax.tree.leaves(outputs)))
+    scale = jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-30))
+    bounded = jax.tree.map(
+        lambda x: x * scale.reshape((-1,) + (1,) * (x.ndim - 1)).astype(
+            x.dtype), outputs)
+    return mean.accumulate(acc, bounded, weights)
+
+  return aggregate_lib.Aggregator(mean.init, accumulate, mean.finalize)
+
+
 def as_transform(aggregator: aggregate_lib.Aggregator
                  ) -> transforms_lib.Transform:
   """A transform that installs ``aggregator`` as the reduction over clients,

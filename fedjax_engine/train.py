@@ -464,8 +464,6 @@ def _with_transforms(algorithm, train, test, num_classes):
   stages = compression.transforms_from_flags(
       compression=f.compression, bits=f.quantize_bits,
       fraction=f.sparsity_fraction, error_feedback=f.error_feedback)
-  if f.norm_bound:
-    stages.append(transforms.clip(max_norm=f.norm_bound))
   if f.dp != 'none':
     _check(f.robust_aggregator == 'mean', f'--dp={f.dp} sums the clipped '
            'updates, so it cannot combine with --robust_aggregator='
@@ -491,6 +489,13 @@ def _with_transforms(algorithm, train, test, num_classes):
         clients_per_round=f.clients_per_round, seed=f.seed)
 
     accountant = functools.partial(_privacy_spent, noise=noise, plan=plan)
+  if f.norm_bound:
+    # At the server, so that it bounds what attackers send too.
+    _check(f.robust_aggregator == 'mean', f'--norm_bound bounds the norms '
+           f'of a mean; --robust_aggregator={f.robust_aggregator} has its '
+           'own rule.')
+    stages.append(robust.as_transform(
+        robust.norm_bounded_mean(max_norm=f.norm_bound)))
   # A factory's ValueError names its bad value; main() reports it.
   stages += robust.transforms_from_flags(
       aggregator=f.robust_aggregator, trim_fraction=f.trim_fraction,

@@ -340,3 +340,15 @@ def test_coordinate_median_is_installed_as_is():
   median = aggregate.coordinate_median()
   transform = robust.as_transform(median)
   assert transform.aggregator is median
+
+
+def test_norm_bounded_mean_bounds_every_row_by_hand():
+  # Rows (3, 4) (norm 5) and (0, 0.5), bound 1, weights 1 and 3, and a
+  # padded row: (0.6, 0.8) * 1/4 + (0, 0.5) * 3/4 = (0.15, 0.575).
+  agg = robust.norm_bounded_mean(max_norm=1.0)
+  acc = agg.accumulate(
+      agg.init(jnp.zeros(2)), jnp.array([[3., 4.], [0., 0.5], [9., 9.]]),
+      jnp.array([1., 3., 0.]))
+  np.testing.assert_allclose(agg.finalize(acc), [0.15, 0.575], rtol=1e-6)
+  with pytest.raises(ValueError, match='max_norm must be'):
+    robust.norm_bounded_mean(max_norm=0.0)
