@@ -224,10 +224,13 @@ def test_vmapped_equals_a_loop_over_clients(name, logistic_model):
   state = algorithm.init(logistic_model.init(jax.random.key(0)))
   table = (fe.testing.initial_table(algorithm, logistic_model, train)
            if algorithm.init_client_state else ())
-  rnd = fe.make_round(algorithm, train, clients_per_round=9,
-                      batching=batching)
-  state, table, _ = rnd(state, table, rnd.select(range(9)),
-                        jax.random.key(1))
+  # Every client's row made its own (as training would).
+  leaves, treedef = jax.tree.flatten(table)
+  noise = [jax.random.normal(jax.random.key(i), x.shape, x.dtype)
+           for i, x in enumerate(leaves)]
+  table = jax.tree.unflatten(treedef, [
+      x + (0.3 * n if jnp.issubdtype(x.dtype, jnp.floating) else 0)
+      for x, n in zip(leaves, noise)])
   key = jax.random.key(7)
   got = personal_evaluate.make_personal_evaluate(
       logistic_model, algorithm, train, test, batching=batching,
