@@ -15,6 +15,8 @@ server state, as the round donates its inputs.
 """
 
 
+import gc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -233,13 +235,33 @@ _REFERENCES = {}
 _ROUNDS = {}
 
 
-@pytest.fixture(params=CONFORMANCE_CASES, ids=[n for n, _ in CONFORMANCE_CASES])
+def _forget(name):
+  """Drops everything cached for one case and JAX's compiled programs.
+
+  Every compiled XLA:CPU program holds memory mappings of its own, and a
+  process may hold about 65,000 (vm.max_map_count): the whole suite's
+  programs at once went past it and crashed the compiler. Hence the cases
+  run one after another (a module-scoped parameter groups each case's
+  tests) and each one's programs are freed when it is done.
+  """
+  for cache in (_ROUNDS, _REFERENCES, _CLIENT_UPDATES):
+    for key in [k for k in cache if k == name or k[0] == name]:
+      del cache[key]
+  _ALGORITHMS.pop(name, None)
+  gc.collect()
+  jax.clear_caches()
+
+
+@pytest.fixture(scope='module', params=CONFORMANCE_CASES,
+                ids=[n for n, _ in CONFORMANCE_CASES])
 def case(request, model):
-  """(name, algorithm), the algorithm built once per name."""
+  """(name, algorithm), the algorithm built once per name; its compiled
+  rounds are freed after its last test."""
   name, build = request.param
   if name not in _ALGORITHMS:
     _ALGORITHMS[name] = build(model)
-  return name, _ALGORITHMS[name]
+  yield name, _ALGORITHMS[name]
+  _forget(name)
 
 
 def _client_update(name, algorithm):
@@ -481,6 +503,7 @@ def test_transform_round_equals_python_loop(name, build, synthetic_train,
   for a, b in zip(jax.tree.leaves(jax.device_get(result)),
                   jax.tree.leaves(jax.device_get(again))):
     np.testing.assert_array_equal(a, b)
+  _forget(name)
 
 
 def test_recompilation_is_detected(synthetic_train, model):
