@@ -32,7 +32,6 @@ writes ``results/algorithm_quality.json`` and ``results/algorithm_quality.md``.
 """
 
 import csv
-import json
 import math
 import os
 import sys
@@ -53,6 +52,7 @@ if HERE not in sys.path:
   sys.path.insert(0, HERE)
 
 import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+import transform_common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 EXPERIMENTS = ('fedprox_stragglers', 'scaffold_label_skew',
                'personalization_label_skew', 'qffl_fairness')
@@ -636,20 +636,7 @@ def main(argv):
     result['experiments'][name]['seconds'] = time.perf_counter() - t0
     print(f'  {name}: {time.perf_counter() - t0:.0f} s', flush=True)
   result['seconds'] = time.perf_counter() - start
-  info['load_avg_end'] = os.getloadavg()
-  text = markdown(result)
-  header = (f'Machine: {harness.describe_machine(info)}; '
-            f"{info['devices']} {info['backend']} devices. Whole run "
-            f"{result['seconds']:.0f} s.\n\n")
-  print('\n' + header + text, flush=True)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(result, f, indent=1)
-  md = os.path.splitext(out)[0] + '.md'
-  with open(md, 'w') as f:
-    f.write(header + text + '\n')
-  print(f'\nwrote {out} and {md}')
-
+  transform_common.finish(result, markdown(result), out)
 
 if __name__ == '__main__':
   app.run(main)
