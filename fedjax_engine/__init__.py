@@ -21,6 +21,7 @@ from fedjax_engine import aggregate as aggregate
 from fedjax_engine.aggregate import Aggregator as Aggregator
 from fedjax_engine.aggregate import weighted_mean as weighted_mean
 from fedjax_engine.algorithm import Algorithm as Algorithm
+from fedjax_engine.algorithm import ClientInfo as ClientInfo
 from fedjax_engine.algorithm import RoundInfo as RoundInfo
 from fedjax_engine.algorithm import ServerState as ServerState
 from fedjax_engine.algorithm import local_training as local_training
@@ -52,6 +53,7 @@ from fedjax_engine import attacks as attacks
 from fedjax_engine import compression as compression
 from fedjax_engine import robust as robust
 from fedjax_engine import privacy as privacy
+from fedjax_engine import secure_aggregation as secure_aggregation
 from fedjax_engine.heterogeneity import SystemHeterogeneity as SystemHeterogeneity
 from fedjax_engine import models as models
 from fedjax_engine import algorithms as algorithms

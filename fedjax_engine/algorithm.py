@@ -51,6 +51,20 @@ class RoundInfo(NamedTuple):
                         # noise, ...), apart from every client's key
 
 
+class ClientInfo(NamedTuple):
+  """Who a client is in a round, passed to ``Algorithm.transform``.
+
+  ``cohort`` lists the round's participants for protocols among them
+  (secure aggregation's pairwise masks): the ids of the clients whose
+  outputs the aggregator counts (aggregation weight > 0), ``-1`` in
+  padded, dropped or weightless slots, the same array for every client
+  of the round. Its order and length are the engine's (padding
+  included) and carry no meaning; only the set of ids does.
+  """
+  id: Array       # int32, this client's index in the dataset
+  cohort: Array   # [C] int32, the round's participants, -1 elsewhere
+
+
 # The default aggregator of algorithms and first exchanges: one object, so
 # the reference loop in testing.py knows it is the plain weighted mean.
 WEIGHTED_MEAN = aggregate_lib.weighted_mean()
@@ -101,11 +115,12 @@ class Algorithm(NamedTuple):
     prepare: a first exchange of the round before local training
       (:class:`Prepare`), or None.
     transform: ``transform(server_state, client_output, client_state, key,
-      client_id) -> (client_output, client_state, client_metrics)`` for ONE
+      client) -> (client_output, client_state, client_metrics)`` for ONE
       client, applied to what ``client_update`` returned before it is
       aggregated: clipping and noise for differential privacy, compression
       with error feedback (a residual in the client state), an attack by
-      the clients whose ids are malicious. ``key`` is the client's own,
+      the clients whose ids are malicious, secure aggregation's masks.
+      ``client`` is a :class:`ClientInfo`. ``key`` is the client's own,
       apart from ``client_update``'s. None: outputs go to the aggregator
       as they are. :mod:`fedjax_engine.transforms` composes them.
   """

@@ -335,11 +335,11 @@ def _update_attack(malicious, replace: Callable) -> transforms_lib.Transform:
   """A transform sending ``replace(output, key)`` for malicious clients."""
   flags = _mask(malicious)
 
-  def client(state, output, row, key, client_id):
+  def client(state, output, row, key, client):
     del state
     # Ids index the training clients; `malicious` must have one entry each
     # (an out-of-range id would be clamped by the gather).
-    flag = jnp.asarray(flags)[client_id]
+    flag = jnp.asarray(flags)[client.id]
     sent = tree.where(flag, replace(output, key), output)
     return sent, row, {'malicious': Mean(flag.astype(jnp.float32),
                                          jnp.ones((), jnp.float32))}
@@ -501,9 +501,9 @@ def a_little_is_enough(malicious, *, z: float | None = None,
                    num_malicious=int(flags.sum()))
   reduce = alie(aggregator or aggregate_lib.weighted_mean(), z=z)
 
-  def client(state, output, row, key, client_id):
+  def client(state, output, row, key, client):
     del state, key
-    flag = jnp.asarray(flags)[client_id].astype(jnp.float32)
+    flag = jnp.asarray(flags)[client.id].astype(jnp.float32)
     return (output, flag), row, {'malicious': Mean(
         flag, jnp.ones((), jnp.float32))}
 

@@ -135,8 +135,8 @@ def _compressor(encode: Callable, *, error_feedback: bool) -> Transform:
     # report the downlink without seeing the params.
     return jnp.asarray(FLOAT_BITS * tree.size(params), jnp.float32)
 
-  def client(state, output, row, key, client_id):
-    del client_id
+  def client(state, output, row, key, client):
+    del client
     if error_feedback:
       _check_residual(row, output)
       output = jax.tree.map(lambda o, r: o + r.astype(o.dtype), output, row)

@@ -144,8 +144,8 @@ def _gaussian_like(key, like, std):
       for i, x in enumerate(leaves)])
 
 
-def _unchanged(state, output, row, key, client_id):
-  del state, key, client_id
+def _unchanged(state, output, row, key, client):
+  del state, key, client
   return output, row, {}
 
 
@@ -172,8 +172,8 @@ def _adaptive_clip(*, clip_norm, noise_multiplier, expected_clients,
     del params
     return jnp.asarray(clip_norm, jnp.float32)
 
-  def client(clip, output, row, key, client_id):
-    del key, client_id
+  def client(clip, output, row, key, client):
+    del key, client
     norm = tree.l2_norm(output)
     unclipped = (norm <= clip).astype(jnp.float32)
     scale = jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-30))
@@ -270,8 +270,8 @@ def local_gaussian(*, clip_norm: float,
   _check_clip_and_noise(clip_norm, noise_multiplier)
   std = noise_multiplier * clip_norm
 
-  def client(state, output, row, key, client_id):
-    del state, client_id
+  def client(state, output, row, key, client):
+    del state, client
     return tree.add(output, _gaussian_like(key, output, std)), row, {}
 
   return [transforms_lib.clip(max_norm=clip_norm), Transform(client=client)]

@@ -467,8 +467,8 @@ def geometric_median(*, iterations: int = 10,
   return _rule_aggregator(rule)
 
 
-def _pass_client(state, output, row, key, client_id):
-  del state, key, client_id
+def _pass_client(state, output, row, key, client):
+  del state, key, client
   return output, row, {}
 
 

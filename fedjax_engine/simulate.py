@@ -469,7 +469,12 @@ class Round:
                       weights=weights, keys=keys, states=cohort_states,
                       batches=cohort.batches, example_mask=cohort.example_mask)
 
-    def on_device(server_state, per_client, store, server_key):
+    # The round's participants as every client sees them (ClientInfo): the
+    # clients whose outputs the aggregator counts.
+    participants = jnp.where(client_mask & (weights > 0), ids,
+                             -1).astype(jnp.int32)
+
+    def on_device(server_state, per_client, store, server_key, participants):
       chunks = split_chunks(per_client, self.num_chunks)
 
       def vmapped(fn):
@@ -542,10 +547,11 @@ class Round:
               lambda k: jax.random.fold_in(k, data_lib.TRANSFORM_STREAM))(
                   chunk['keys'])
           outputs, new_states, more = jax.vmap(
-              algo.transform, in_axes=(None, 0, 0, 0, 0),
+              algo.transform, in_axes=(None, 0, 0, 0,
+                                       algorithm_lib.ClientInfo(0, None)),
               axis_name=algorithm_lib.COHORT_AXIS)(
                   server_state, outputs, new_states, keys,
-                  chunk['client_ids'])
+                  algorithm_lib.ClientInfo(chunk['client_ids'], participants))
           metrics = {**metrics, **more}
         metrics = _sum_metrics(metrics, chunk['client_mask'])
         metrics[UTILIZATION] = _step_utilization(mask, chunk['client_mask'])
@@ -600,9 +606,10 @@ class Round:
     client_spec = jax.tree.map(lambda _: P(AXIS), per_client)
     results, new_states = jax.shard_map(
         on_device, mesh=self.mesh,
-        in_specs=(P(), client_spec, P(), P()),
+        in_specs=(P(), client_spec, P(), P(), P()),
         out_specs=(P(), P(AXIS)), check_vma=False)(
-            server_state, per_client, store, data_lib.server_key(round_key))
+            server_state, per_client, store, data_lib.server_key(round_key),
+            participants)
     (agg_acc, metric_sums), info = results[:2]
     if algo.prepare is not None:
       server_state = results[2]

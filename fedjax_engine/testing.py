@@ -40,7 +40,7 @@ from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import data as data_lib
 from fedjax_engine import sampling
 from fedjax_engine import simulate
-from fedjax_engine.algorithm import Algorithm, RoundInfo
+from fedjax_engine.algorithm import Algorithm, ClientInfo, RoundInfo
 from fedjax_engine.model import Model
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -131,6 +131,7 @@ def reference_rounds(algorithm: Algorithm, model: Model,
       state = algorithm.prepare.server(
           state, _aggregate(algorithm.prepare.aggregator, sent, weights),
           info)
+    participants = jnp.asarray(np.where(weights > 0, ids, -1), jnp.int32)
     outputs, loss_total, loss_count = [], 0.0, 0.0
     for i, client in enumerate(ids):
       output, row, metrics = client_update(state, *client_inputs(i, client))
@@ -138,7 +139,7 @@ def reference_rounds(algorithm: Algorithm, model: Model,
         output, row, more = algorithm.transform(
             state, output, row,
             jax.random.fold_in(keys[i], data_lib.TRANSFORM_STREAM),
-            jnp.int32(client))
+            ClientInfo(jnp.int32(client), participants))
         metrics = {**metrics, **more}
       table = jax.tree.map(lambda t, v, c=client: t.at[c].set(v), table, row)
       outputs.append(jax.device_get(output))

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from fedjax_engine import accounting
+from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import attacks
 from fedjax_engine import compression
 from fedjax_engine import data as data_lib
@@ -46,6 +47,7 @@ from fedjax_engine import registry
 from fedjax_engine import robust
 from fedjax_engine import run_dir
 from fedjax_engine import runner
+from fedjax_engine import secure_aggregation as secagg
 from fedjax_engine import transforms
 from fedjax_engine.datasets import download
 
@@ -143,6 +145,25 @@ flags.DEFINE_float('sparsity_fraction', 0.01, '--compression=top_k, '
                    'random_k: the fraction of values sent.')
 flags.DEFINE_bool('error_feedback', True, '--compression=top_k, random_k: '
                   'keep what was not sent in a per-client residual.')
+flags.DEFINE_enum('secure_aggregation', 'none', secagg.MODES, 'Secure '
+                  'aggregation of the clients\' outputs (the server sees '
+                  'only their sum): secagg masks with every participant '
+                  '(Bonawitz et al. 2017), secagg_plus with '
+                  '--secagg_neighbors on a random ring (Bell et al. 2020). '
+                  'The aggregate is the survivors\' mean, each counted '
+                  'once, or their sum under --dp.')
+flags.DEFINE_integer('secagg_bits', 32, '--secure_aggregation: the modulus '
+                     '2^bits, bits sent per value (2 to 32).')
+flags.DEFINE_float('secagg_clip', 1.0, '--secure_aggregation: every value '
+                   'is clipped to [-clip, clip] before fixed-point encoding.')
+flags.DEFINE_integer('secagg_neighbors', None, '--secure_aggregation='
+                     'secagg_plus: neighbours each client masks with (even); '
+                     'default 2 ceil(log2(--clients_per_round)).')
+flags.DEFINE_float('secagg_dropout', 0.0, '--secure_aggregation: the chance '
+                   'that a client drops after masking.')
+flags.DEFINE_float('secagg_threshold', 0.5, '--secure_aggregation: the '
+                   'fraction of a client\'s neighbours that must survive to '
+                   'rebuild its seeds; fewer aborts the round.')
 flags.DEFINE_float('malicious_fraction', 0.0, 'The fraction of clients that '
                    'are malicious (a fixed set, drawn from --seed).')
 flags.DEFINE_enum('attack', 'none', attacks.UPDATE_ATTACKS, 'What the '
@@ -278,6 +299,9 @@ RANGES = {
     'sparsity_fraction': _UNIT_OPEN_LOW, 'malicious_fraction': _FRACTION,
     'attack_scale': _POSITIVE, 'attack_stddev': _NON_NEGATIVE,
     'attack_boost': _POSITIVE, 'alie_z': _FINITE,
+    'secagg_bits': (lambda v: 2 <= v <= 32, 'in [2, 32]'),
+    'secagg_clip': _POSITIVE, 'secagg_neighbors': _AT_LEAST_2,
+    'secagg_dropout': _FRACTION, 'secagg_threshold': _UNIT_OPEN_LOW,
     'backdoor_target': _AT_LEAST_0, 'backdoor_fraction': _UNIT_OPEN_LOW,
     'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
     'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
@@ -507,8 +531,41 @@ def _with_transforms(algorithm, train, test, num_classes):
         stddev=f.attack_stddev, boost=f.attack_boost,
         clients_per_round=f.clients_per_round, z=f.alie_z,
         aggregator=defended)
+  if f.secure_aggregation != 'none':
+    stages.append(_secure_aggregation(algorithm, stages))
   return (transforms.apply(algorithm, *stages), train, more_tests,
           accountant)
+
+
+def _secure_aggregation(algorithm, stages):
+  """The secure-aggregation stage, last: every client masks what it would
+  send, attackers included."""
+  f = FLAGS
+  mode = f'--secure_aggregation={f.secure_aggregation}'
+  _check(f.robust_aggregator == 'mean' and not f.norm_bound,
+         f'{mode} hides every single update, which --robust_aggregator='
+         f'{f.robust_aggregator} and --norm_bound need.')
+  # Central DP sums the clipped updates (privacy.client_sum), which the
+  # survivors' secure sum replaces; otherwise it replaces the mean.
+  central_dp = f.dp in ('dp_fedavg', 'dp_ftrl')
+  _check(central_dp or transforms.apply(algorithm, *stages).aggregator is
+         algorithm_lib.WEIGHTED_MEAN,
+         f'{mode} computes a mean or a sum of the clients\' outputs; '
+         f'--algorithm={f.algorithm} aggregates them its own way.')
+  neighbors = None
+  if f.secure_aggregation == 'secagg_plus':
+    neighbors = f.secagg_neighbors or 2 * math.ceil(
+        math.log2(max(f.clients_per_round, 2)))
+    _check(neighbors % 2 == 0, f'--secagg_neighbors={neighbors} must be '
+           'even (half on each side of the ring).')
+  _check(2 ** (f.secagg_bits - 1) - 1 >= f.clients_per_round,
+         f'--secagg_bits={f.secagg_bits} cannot hold a sum of '
+         f'--clients_per_round={f.clients_per_round} clients.')
+  return secagg.secure_aggregation(
+      clip=f.secagg_clip, max_clients=f.clients_per_round,
+      bits=f.secagg_bits, neighbors=neighbors,
+      dropout_rate=f.secagg_dropout, threshold=f.secagg_threshold,
+      mean=not central_dp, seed=f.seed)
 
 
 def _quiet_jax_startup():

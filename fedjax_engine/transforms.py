@@ -16,7 +16,8 @@ A transform's server-side state (an adaptive clipping norm, a tree of
 noise) lives in the wrapped server state, which stays a pytree, and its
 per-client state (an error-feedback residual) in the client-state table
 beside the algorithm's own. Its client part gets the client's id, so a
-fixed set of clients can be malicious, and a key of its own; its server
+fixed set of clients can be malicious, the round's participants, for
+protocols among them, and a key of its own; its server
 part gets the round's server key (``RoundInfo.key``).
 
 Example (clip every client's output to L2 norm 1 before FedAvg's mean):
@@ -54,11 +55,13 @@ class Transform(NamedTuple):
   """One stage between a client's output and the server update.
 
   Attributes:
-    client: ``client(state, output, client_state, key, client_id) ->
+    client: ``client(state, output, client_state, key, client) ->
       (output, client_state, metrics)`` for ONE client: ``state`` is this
       transform's server-side state (read only), ``client_state`` its row
       of the client-state table (``()`` without ``init_client_state``),
-      ``metrics`` names to :class:`fedjax_engine.Mean`.
+      ``client`` a :class:`fedjax_engine.ClientInfo` (its id and the
+      round's participants), ``metrics`` names to
+      :class:`fedjax_engine.Mean`.
     init: ``init(params) -> state``, the server-side state.
     server: ``server(state, aggregate, round_info) -> (aggregate, state)``
       at the server, after the reduction over clients.
@@ -138,18 +141,18 @@ def apply(algorithm: algorithm_lib.Algorithm,
         state.inner, inner, batches, example_mask, key)
     return output, join(inner, extra), metrics
 
-  def transform(state, output, row, key, client_id):
+  def transform(state, output, row, key, client):
     inner, extra = split(row)
     metrics = {}
     if algorithm.transform is not None:
       output, inner, metrics = algorithm.transform(
           state.inner, output, inner, jax.random.fold_in(key, len(transforms)),
-          client_id)
+          client)
       metrics = dict(metrics)
     rows = list(extra) if stateful_rows else [()] * len(transforms)
     for i, t in enumerate(transforms):
       output, rows[i], more = t.client(state.extra[i], output, rows[i],
-                                       jax.random.fold_in(key, i), client_id)
+                                       jax.random.fold_in(key, i), client)
       metrics.update(more)
     return output, join(inner, tuple(rows)), metrics
 
@@ -198,8 +201,8 @@ def clip(*, max_norm: float) -> Transform:
   if not (isinstance(max_norm, (int, float)) and max_norm > 0):
     raise ValueError(f'max_norm must be a number > 0, got {max_norm!r}.')
 
-  def client(state, output, row, key, client_id):
-    del key, client_id
+  def client(state, output, row, key, client):
+    del key, client
     norm = tree.l2_norm(output)
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-30))
     one = jnp.ones((), jnp.float32)

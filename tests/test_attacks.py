@@ -29,6 +29,11 @@ D_A = np.array([-1 / 4, -1 / 8])
 D_B = np.array([1 / 8, -1 / 8])
 
 
+
+def _client(i):
+  """A transform's view of client ``i`` (the participants do not matter)."""
+  return fe.ClientInfo(jnp.int32(i), jnp.arange(4, dtype=jnp.int32))
+
 def _check_data(data):
   assert data.client(A)['x'].tolist() == [1, 2]
   assert data.client(A)['y'].tolist() == [1, 3]
@@ -338,7 +343,7 @@ def test_gaussian_noise_statistics():
   transform = attacks.gaussian(np.array([False, True]), stddev=0.5)
   output = {'a': jnp.ones(20000), 'b': jnp.ones((100, 200))}
   sent, row, metrics = transform.client((), output, (), jax.random.key(7),
-                                        jnp.int32(1))
+                                        _client(1))
   assert row == () and float(metrics['malicious'].total) == 1.0
   n = 20000
   for leaf in (sent['a'], sent['b']):
@@ -348,7 +353,7 @@ def test_gaussian_noise_statistics():
   # The leaves draw different noise.
   assert not np.allclose(sent['a'], np.ravel(sent['b']))
   benign, _, metrics = transform.client((), output, (), jax.random.key(7),
-                                        jnp.int32(0))
+                                        _client(0))
   np.testing.assert_array_equal(benign['a'], output['a'])
   assert float(metrics['malicious'].total) == 0.0
 
@@ -434,7 +439,7 @@ def test_alie_default_z_and_aggregator():
   agg = transform.aggregator
   assert agg.whole_cohort
   rows = jnp.array([[0.0], [50.0], [2.0], [-50.0]])
-  sent = [transform.client((), rows[i], (), jax.random.key(0), jnp.int32(i))
+  sent = [transform.client((), rows[i], (), jax.random.key(0), _client(i))
           for i in range(4)]
   assert [float(s[0][1]) for s in sent] == [0, 1, 0, 1]
   outputs = (rows, jnp.stack([s[0][1] for s in sent]))
@@ -479,7 +484,7 @@ def test_transforms_from_flags():
     (transform,) = attacks.transforms_from_flags(attack=attack,
                                                  malicious=bad, **kwargs)
     return transform, transform.client((), one, (), jax.random.key(0),
-                                       jnp.int32(attacker))[0]
+                                       _client(attacker))[0]
 
   np.testing.assert_allclose(sent('sign_flip', scale=3.0)[1], [-3, -3])
   np.testing.assert_allclose(sent('model_replacement', boost=2.0)[1], [2, 2])
@@ -512,7 +517,7 @@ def test_sign_flip_stops_fedavg_and_median_restores_it(logistic_model,
   bad = attacks.malicious_clients(num_clients=12, fraction=0.4, seed=0)
   evaluate = fe.make_evaluate(logistic_model, iid_clients)
   median = fe.transforms.Transform(
-      client=lambda state, output, row, key, client_id: (output, row, {}),
+      client=lambda state, output, row, key, client: (output, row, {}),
       aggregator=fe.aggregate.coordinate_median())
 
   def loss_after(*transforms, rounds=5):

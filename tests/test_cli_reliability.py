@@ -41,7 +41,9 @@ BAD_VALUES = {
     'multi_krum_selected': 0, 'norm_bound': -1.0, 'quantize_bits': 0,
     'sparsity_fraction': 0.0, 'malicious_fraction': 1.0, 'attack_scale': 0.0,
     'attack_stddev': -1.0, 'attack_boost': 0.0, 'alie_z': math.inf,
-    'backdoor_target': -1, 'backdoor_fraction': 0.0,
+    'backdoor_target': -1, 'backdoor_fraction': 0.0, 'secagg_bits': 33,
+    'secagg_clip': 0.0, 'secagg_neighbors': 1, 'secagg_dropout': 1.0,
+    'secagg_threshold': 0.0,
 }
 
 

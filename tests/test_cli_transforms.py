@@ -79,6 +79,14 @@ def test_backdoor_reports_its_accuracy(tmp_path):
     (['--malicious_fraction=0.1'], 'an attack needs malicious clients'),
     (['--robust_aggregator=trimmed_mean'], 'trim_fraction'),
     (['--dp_clip_norm=-1'], '--dp_clip_norm must be a finite number > 0'),
+    (['--secure_aggregation=secagg', '--robust_aggregator=median'],
+     'hides every single update, which --robust_aggregator=median'),
+    (['--secure_aggregation=secagg', '--secagg_bits=4'],
+     '--secagg_bits=4 cannot hold a sum of --clients_per_round=10'),
+    (['--secure_aggregation=secagg', '--algorithm=afl'],
+     '--algorithm=afl aggregates them its own way'),
+    (['--secure_aggregation=secagg_plus', '--secagg_neighbors=3'],
+     '--secagg_neighbors=3 must be even'),
 ])
 def test_bad_combinations_exit_2(tmp_path, args, message):
   result = _train(*args, cwd=tmp_path)
@@ -97,3 +105,30 @@ def test_poisson_sampling_spends_less_epsilon(tmp_path):
     assert result.returncode == 0, result.stderr
     spent[sampling] = _last_record(out)['epsilon']
   assert 0 < spent['poisson'] < spent['without_replacement']
+
+
+def test_secure_aggregation_graphs_give_one_sum(tmp_path):
+  # Masks cancel exactly, so masking with every participant or with a ring
+  # of 2 ceil(log2 10) = 8 neighbours gives the same model, bit for bit.
+  records = {}
+  for mode in ('secagg', 'secagg_plus'):
+    out = tmp_path / mode
+    result = _train(f'--secure_aggregation={mode}', '--secagg_dropout=0.2',
+                    f'--output_dir={out}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records[mode] = _last_record(out)
+  assert records['secagg']['secagg_neighbors'] == 9
+  assert records['secagg_plus']['secagg_neighbors'] == 8
+  for name in ('train_loss', 'test_loss', 'secagg_dropped'):
+    assert records['secagg'][name] == records['secagg_plus'][name]
+  assert records['secagg']['uplink_bits'] > 32 * 610
+
+
+def test_secure_aggregation_under_central_dp(tmp_path):
+  out = tmp_path / 'run'
+  result = _train('--secure_aggregation=secagg', '--dp=dp_fedavg',
+                  '--dp_noise_multiplier=1.0', '--secagg_bits=20',
+                  f'--output_dir={out}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  record = _last_record(out)
+  assert record['epsilon'] > 0 and record['secagg_aborted'] == 0

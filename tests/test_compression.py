@@ -29,14 +29,14 @@ import scipy.linalg
 import fedjax_engine as fe
 from fedjax_engine import compression
 
-CLIENT_ID = jnp.int32(0)
+CLIENT = fe.ClientInfo(jnp.int32(0), jnp.zeros(1, jnp.int32))
 
 
 def _send(transform, output, row=(), key=0, params=None):
   """One client's ``(sent, row, metrics)``; ``params`` (default: shaped like
   the output) only set ``downlink_bits``."""
   state = transform.init(output if params is None else params)
-  return transform.client(state, output, row, jax.random.key(key), CLIENT_ID)
+  return transform.client(state, output, row, jax.random.key(key), CLIENT)
 
 
 def _many(transform, output, num_keys):
@@ -44,7 +44,7 @@ def _many(transform, output, num_keys):
   state = transform.init(output)
   keys = jax.vmap(jax.random.key)(jnp.arange(num_keys))
   return jax.jit(jax.vmap(
-      lambda k: transform.client(state, output, (), k, CLIENT_ID)[0]))(keys)
+      lambda k: transform.client(state, output, (), k, CLIENT)[0]))(keys)
 
 
 def _bits(metrics):

@@ -31,6 +31,7 @@ from fedjax_engine import attacks
 from fedjax_engine import compression
 from fedjax_engine import privacy
 from fedjax_engine import robust
+from fedjax_engine import secure_aggregation
 from fedjax_engine import testing
 from fedjax_engine import transforms
 
@@ -100,9 +101,9 @@ def _fedavg(model):
 def _noisy_odd_clients():
   """A transform that reads the client's id and key: clients with odd ids
   add Gaussian noise to their outputs."""
-  def client(state, output, row, key, client_id):
+  def client(state, output, row, key, client):
     del state
-    odd = (client_id % 2).astype(jnp.float32)
+    odd = (client.id % 2).astype(jnp.float32)
     leaves, treedef = jax.tree.flatten(output)
     keys = jax.random.split(key, len(leaves))
     noisy = [x + 0.01 * odd * jax.random.normal(k, x.shape, x.dtype)
@@ -113,7 +114,7 @@ def _noisy_odd_clients():
 
 def _median():
   return transforms.Transform(
-      client=lambda state, output, row, key, client_id: (output, row, {}),
+      client=lambda state, output, row, key, client: (output, row, {}),
       aggregator=fe.aggregate.coordinate_median())
 
 
@@ -178,6 +179,18 @@ TRANSFORM_CASES = [
     ('fedavg+alie+median', lambda model: transforms.apply(
         _fedavg(model), attacks.a_little_is_enough(
             _MALICIOUS, z=1.0, aggregator=fe.aggregate.coordinate_median()))),
+    # Masks with every participant; about one client in three drops after
+    # masking. The sum is exact, so padding and devices change no bit of it.
+    ('fedavg+secagg', lambda model: transforms.apply(
+        _fedavg(model), secure_aggregation.secure_aggregation(
+            clip=0.5, max_clients=8, dropout_rate=0.3, threshold=0.25))),
+    # SecAgg+ on a ring of 2 neighbours, summing for central DP noise.
+    ('fedavg+dp_fedavg+secagg_plus', lambda model: transforms.apply(
+        _fedavg(model), *privacy.dp_fedavg(
+            clip_norm=1.0, noise_multiplier=0.5, expected_clients=5),
+        secure_aggregation.secure_aggregation(
+            clip=1.0, max_clients=8, bits=24, neighbors=2, dropout_rate=0.2,
+            mean=False, seed=5))),
 ]
 
 BATCHING = fe.Batching(batch_size=4, local_steps=3)

@@ -32,8 +32,8 @@ def _one_round(algorithm, model, data):
 
 
 def _scale(factor):
-  def client(state, output, row, key, client_id):
-    del state, key, client_id
+  def client(state, output, row, key, client):
+    del state, key, client
     return jax.tree.map(lambda x: factor * x, output), row, {}
   return transforms.Transform(client=client)
 
@@ -105,9 +105,9 @@ def test_state_rows_personalize_and_prepare_pass_through(linear_model,
 
 def test_transform_sees_the_client_id(linear_model, two_clients):
   # Client 1 (B) sends zeros: the aggregate is A's delta times 1/4.
-  def silence_client_1(state, output, row, key, client_id):
+  def silence_client_1(state, output, row, key, client):
     del state, key
-    keep = (client_id != 1).astype(jnp.float32)
+    keep = (client.id != 1).astype(jnp.float32)
     return jax.tree.map(lambda x: keep * x, output), row, {}
 
   state, _, _ = _one_round(
@@ -122,3 +122,21 @@ def test_transform_sees_the_client_id(linear_model, two_clients):
 def test_clip_rejects_bad_norms(bad):
   with pytest.raises(ValueError, match='max_norm must be a number > 0'):
     transforms.clip(max_norm=bad)
+
+
+def test_transform_sees_the_round_participants(linear_model, two_clients):
+  # Each client scales its output by the number of participants it is told
+  # of (2, padding and dropped slots excluded): the update doubles.
+  def count_participants(state, output, row, key, client):
+    del state, key
+    n = jnp.sum(client.cohort >= 0).astype(jnp.float32)
+    return jax.tree.map(lambda x: n * x, output), row, {}
+
+  state, _, _ = _one_round(
+      transforms.apply(_fedavg(linear_model),
+                       transforms.Transform(client=count_participants)),
+      linear_model, two_clients)
+  plain, _, _ = _one_round(_fedavg(linear_model), linear_model, two_clients)
+  np.testing.assert_allclose(
+      [state.params['w'] - 1, state.params['b']],
+      [2 * (plain.params['w'] - 1), 2 * plain.params['b']], rtol=1e-6)
