@@ -51,6 +51,7 @@ from fedjax_engine import heterogeneity as heterogeneity
 from fedjax_engine import transforms as transforms
 from fedjax_engine import attacks as attacks
 from fedjax_engine import compression as compression
+from fedjax_engine import diagnostics as diagnostics
 from fedjax_engine import robust as robust
 from fedjax_engine import privacy as privacy
 from fedjax_engine import secure_aggregation as secure_aggregation

@@ -123,6 +123,10 @@ class Algorithm(NamedTuple):
       ``client`` is a :class:`ClientInfo`. ``key`` is the client's own,
       apart from ``client_update``'s. None: outputs go to the aggregator
       as they are. :mod:`fedjax_engine.transforms` composes them.
+    server_metrics: ``server_metrics(server_state) -> {name: scalar}``,
+      read from the new server state after every round and logged beside
+      the client metrics: what only the server knows (clients a robust
+      rule left out, the cosine of updates to the aggregate), or None.
   """
   init: Callable[[Params], PyTree]
   client_update: Callable[..., tuple]
@@ -132,6 +136,7 @@ class Algorithm(NamedTuple):
   personalize: Callable[..., Params] | None = None
   prepare: Prepare | None = None
   transform: Callable[..., tuple] | None = None
+  server_metrics: Callable[[PyTree], dict] | None = None
 
 
 def masked_loss(model: Model, params, batch, mask, key, *, train=True):

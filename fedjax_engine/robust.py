@@ -63,7 +63,9 @@ coordinate-wise rules, which drop values rather than clients, and for the
 geometric median), their total over rounds, and the number of degraded
 rounds (below the rule's minimum, or trimming nothing because ``floor(beta
 n) = 0``). The aggregator hands them to the server inside its accumulator;
-the transform's server part finalizes the reduction and keeps them.
+the transform's server part finalizes the reduction and keeps them, and
+every round logs ``robust_discarded`` and ``robust_degraded_rounds`` from
+them (``Transform.metrics``).
 
 Memory: a whole-cohort rule keeps every output of the round on every
 device, ``C * P * s`` bytes for ``C`` clients (padded) of ``P`` values of
@@ -560,11 +562,17 @@ def as_transform(aggregator: aggregate_lib.Aggregator
         acc.discarded, state.total_discarded + acc.discarded,
         state.degraded_rounds + acc.degraded)
 
+  def metrics(state):
+    return {'robust_discarded': state.discarded.astype(jnp.float32),
+            'robust_degraded_rounds': state.degraded_rounds.astype(
+                jnp.float32)}
+
   # The reduction hands over its accumulator whole; finalizing it here is
   # what lets the counts through to the state.
   return transforms_lib.Transform(
       client=_pass_client, init=init, server=server,
-      aggregator=aggregator._replace(finalize=lambda acc: acc))
+      aggregator=aggregator._replace(finalize=lambda acc: acc),
+      metrics=metrics)
 
 
 def transforms_from_flags(*, aggregator: str = 'mean',

@@ -629,6 +629,8 @@ class Round:
           client_states, new_states)
     metrics = _finalize_metrics(metric_sums)
     metrics['clients'] = info.num_clients
+    if algo.server_metrics is not None:
+      metrics.update(algo.server_metrics(server_state))
     return server_state, client_states, metrics
 
 

@@ -41,6 +41,7 @@ from fedjax_engine import attacks
 from fedjax_engine import compression
 from fedjax_engine import data as data_lib
 from fedjax_engine import datasets
+from fedjax_engine import diagnostics
 from fedjax_engine import heterogeneity
 from fedjax_engine import privacy
 from fedjax_engine import registry
@@ -164,6 +165,9 @@ flags.DEFINE_float('secagg_dropout', 0.0, '--secure_aggregation: the chance '
 flags.DEFINE_float('secagg_threshold', 0.5, '--secure_aggregation: the '
                    'fraction of a client\'s neighbours that must survive to '
                    'rebuild its seeds; fewer aborts the round.')
+flags.DEFINE_bool('diagnostics', False, 'Log every round the clients\' '
+                  'update norms (mean, p10, p50, p90, max) and their mean '
+                  'cosine similarity to the aggregate.')
 flags.DEFINE_float('malicious_fraction', 0.0, 'The fraction of clients that '
                    'are malicious (a fixed set, drawn from --seed).')
 flags.DEFINE_enum('attack', 'none', attacks.UPDATE_ATTACKS, 'What the '
@@ -531,6 +535,12 @@ def _with_transforms(algorithm, train, test, num_classes):
         stddev=f.attack_stddev, boost=f.attack_boost,
         clients_per_round=f.clients_per_round, z=f.alie_z,
         aggregator=defended)
+  if f.diagnostics:
+    _check(f.secure_aggregation == 'none', '--diagnostics reads every '
+           'client\'s update, which --secure_aggregation='
+           f'{f.secure_aggregation} hides from the server.')
+    stages.append(diagnostics.diagnostics(
+        transforms.apply(algorithm, *stages).aggregator))
   if f.secure_aggregation != 'none':
     stages.append(_secure_aggregation(algorithm, stages))
   return (transforms.apply(algorithm, *stages), train, more_tests,

@@ -69,12 +69,15 @@ class Transform(NamedTuple):
       earlier transform's), or None to keep it.
     init_client_state: ``init_client_state(params) -> row`` for a transform
       with per-client memory, else None.
+    metrics: ``metrics(state) -> {name: scalar}``, logged every round from
+      the state ``server`` returned (``Algorithm.server_metrics``), or None.
   """
   client: Callable[..., tuple]
   init: Callable[[PyTree], PyTree] = _no_state
   server: Callable[..., tuple] = _pass_through
   aggregator: aggregate_lib.Aggregator | None = None
   init_client_state: Callable[[PyTree], PyTree] | None = None
+  metrics: Callable[[PyTree], dict] | None = None
 
 
 class TransformedState(NamedTuple):
@@ -184,12 +187,23 @@ def apply(algorithm: algorithm_lib.Algorithm,
     prepare = algorithm_lib.Prepare(prepare_client, prepare_server,
                                     algorithm.prepare.aggregator)
 
+  server_metrics = None
+  if algorithm.server_metrics is not None or any(
+      t.metrics is not None for t in transforms):
+    def server_metrics(state):
+      metrics = (dict(algorithm.server_metrics(state.inner))
+                 if algorithm.server_metrics is not None else {})
+      for t, extra in zip(transforms, state.extra):
+        if t.metrics is not None:
+          metrics.update(t.metrics(extra))
+      return metrics
+
   return algorithm_lib.Algorithm(
       init=init, client_update=client_update, server_update=server_update,
       aggregator=aggregator,
       init_client_state=init_client_state if stateful_rows else None,
       personalize=personalize if algorithm.personalize else None,
-      prepare=prepare, transform=transform)
+      prepare=prepare, transform=transform, server_metrics=server_metrics)
 
 
 def clip(*, max_norm: float) -> Transform:

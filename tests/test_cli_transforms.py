@@ -87,6 +87,8 @@ def test_backdoor_reports_its_accuracy(tmp_path):
      '--algorithm=afl aggregates them its own way'),
     (['--secure_aggregation=secagg_plus', '--secagg_neighbors=3'],
      '--secagg_neighbors=3 must be even'),
+    (['--secure_aggregation=secagg', '--diagnostics'],
+     '--diagnostics reads every client\'s update'),
 ])
 def test_bad_combinations_exit_2(tmp_path, args, message):
   result = _train(*args, cwd=tmp_path)

@@ -29,6 +29,7 @@ from fedjax_engine import registry
 from fedjax_engine import simulate
 from fedjax_engine import attacks
 from fedjax_engine import compression
+from fedjax_engine import diagnostics
 from fedjax_engine import privacy
 from fedjax_engine import robust
 from fedjax_engine import secure_aggregation
@@ -129,6 +130,10 @@ _MALICIOUS = np.isin(np.arange(12), [2, 5, 6, 11])
 # with a padded cohort in chunks (padding, chunking and the device count),
 # and bitwise reproducibility. fe.testing.check_algorithm runs the full
 # set on each of them (tests of their own modules).
+def _with_diagnostics(transform):
+  return transform, diagnostics.diagnostics(transform.aggregator)
+
+
 TRANSFORM_CASES = [
     ('fedavg+clip', lambda model: transforms.apply(
         fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1)),
@@ -179,6 +184,10 @@ TRANSFORM_CASES = [
     ('fedavg+alie+median', lambda model: transforms.apply(
         _fedavg(model), attacks.a_little_is_enough(
             _MALICIOUS, z=1.0, aggregator=fe.aggregate.coordinate_median()))),
+    # Diagnostics wrap the whole-cohort reduction they find.
+    ('fedavg+multi_krum+diagnostics', lambda model: transforms.apply(
+        _fedavg(model), *_with_diagnostics(robust.as_transform(
+            robust.krum(num_byzantine=1, num_selected=3))))),
     # Masks with every participant; about one client in three drops after
     # masking. The sum is exact, so padding and devices change no bit of it.
     ('fedavg+secagg', lambda model: transforms.apply(
