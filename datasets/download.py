@@ -4,10 +4,10 @@ Every loader gets its files here: a single file from :func:`resolve`, the
 files inside a published archive from :func:`archive_files`. A file is taken
 from ``data_dir`` when one is given, else from the cache folder
 (``$FEDJAX_ENGINE_DATA`` or ``~/.cache/fedjax_engine``), else downloaded from
-its published URL into the cache: into a temporary file first, with a
-progress bar, checked against a pinned sha256, and renamed to its final name
-only when complete and correct. Without a network the error names the URL and
-the path to put the file at.
+its published URL into the cache by pooch (:func:`pooch.retrieve`): into a
+temporary file first, with a progress bar, checked against a pinned sha256,
+and renamed to its final name only when complete and correct. Without a
+network the error names the URL and the path to put the file at.
 
 Example:
 
@@ -30,18 +30,20 @@ archive refuses member names that are absolute or hold ``..``, extracts
 only regular files of the wanted names (matched by base name) and never
 lets a member's name choose a path; extraction writes into a temporary
 folder and moves the files into place only once all of them are complete.
+That part is ours, not pooch's ``Untar``: on Python 3.11 ``Untar`` extracts
+with no tarfile filter (``..``, absolute names and links are written as
+they are), keeps the archive's folders, says nothing of a missing member and
+writes each member straight to its final path.
 """
 
-import hashlib
-import http.client
 import os
 import posixpath
 import shutil
 import tarfile
 import tempfile
 from typing import BinaryIO, Iterator, Sequence
-import urllib.error
-import urllib.request
+
+import pooch
 
 CACHE_ENV = 'FEDJAX_ENGINE_DATA'
 CHUNK = 1 << 20
@@ -54,77 +56,108 @@ def cache_dir() -> str:
 
 
 def sha256_of(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(CHUNK), b''):
-      digest.update(block)
-  return digest.hexdigest()
+  return pooch.file_hash(path, alg='sha256')
 
 
 class DownloadError(RuntimeError):
   """A file could not be fetched, or was not what was expected."""
 
 
+class _Progress:
+  """The progress bar pooch's downloader drives, named after the file.
+
+  pooch's HTTPDownloader sets ``total`` from Content-Length once a response
+  arrived (0 without one), then calls ``update``, ``reset`` and ``close``;
+  the bar opens then, so a failed connection shows none.
+  """
+
+  def __init__(self, desc: str):
+    self._desc = desc
+    self._bar = None
+
+  def _open(self, total: int):
+    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+    self._bar = tqdm.tqdm(total=total or None, unit='B', unit_scale=True,
+                          desc=self._desc)
+
+  total = property(fset=_open)
+
+  def update(self, n: int):
+    self._bar.update(n)
+
+  def reset(self):
+    self._bar.reset()
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
 def fetch(url: str, path: str, *, sha256: str | None,
           progress: bool = True, timeout: float = 60.0) -> str:
-  """Downloads ``url`` to ``path`` atomically, checking ``sha256``.
+  """Downloads ``url`` to ``path`` atomically with pooch, checking ``sha256``.
 
-  The bytes go to a temporary file beside ``path``, which is renamed to
-  ``path`` only after the whole body arrived and its checksum matched; an
-  interrupted or corrupt download never leaves a file at ``path``.
+  pooch streams the bytes to a temporary file beside ``path`` and renames it
+  to ``path`` only after the whole body arrived (requests refuses a body
+  shorter than its Content-Length) and its checksum matched; a failed,
+  interrupted or corrupt download never leaves a file at ``path``, nor a
+  temporary one. A file already at ``path`` is kept when it matches
+  ``sha256`` (pooch's rule) and replaced the same way when it does not.
   """
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.partial-',
-                             suffix='-' + os.path.basename(path))
-  received, total = 0, None
-  try:
-    with os.fdopen(fd, 'wb') as out:
-      try:
-        response = urllib.request.urlopen(url, timeout=timeout)
-      except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(
-            f'cannot download {url} ({e}). Without network access, download '
-            f'it elsewhere and put it at {path}, or pass data_dir= '
-            '(--data_dir) naming the folder that holds it.') from e
-      with response:
-        total = int(response.headers.get('Content-Length') or 0) or None
-        bar = None
-        if progress:
-          from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-          bar = tqdm.tqdm(total=total, unit='B', unit_scale=True,
-                          desc=os.path.basename(path))
-        try:
-          for block in iter(lambda: response.read(CHUNK), b''):
-            out.write(block)
-            received += len(block)
-            if bar is not None:
-              bar.update(len(block))
-        except (OSError, http.client.HTTPException) as e:
-          raise DownloadError(
-              f'download of {url} failed after {received} bytes ({e}); '
-              f'nothing was saved at {path}.') from e
-        finally:
-          if bar is not None:
-            bar.close()
-    if total is not None and received != total:
-      raise DownloadError(f'download of {url} stopped after {received} of '
-                          f'{total} bytes; nothing was saved at {path}.')
-    if sha256 is not None:
-      actual = sha256_of(tmp)
-      if actual != sha256:
-        raise DownloadError(
-            f'checksum mismatch for {url}: sha256 {actual}, expected '
-            f'{sha256}; nothing was saved at {path}.')
-    # mkstemp creates 0600 files; a shared cache should follow the umask.
+  # requests comes with pooch; imported here because only a download needs
+  # it and importing it costs about 0.1 s.
+  import requests  # pylint: disable=g-import-not-at-top
+  folder, name = os.path.split(os.path.abspath(path))
+  bar = _Progress(name) if progress else False
+  # The last response requests received (after redirects), kept to report
+  # how much of its body came: the file undercounts, as the bytes of a chunk
+  # cut short never reach it.
+  responses = []
+  http = pooch.HTTPDownloader(
+      progressbar=bar, chunk_size=CHUNK, timeout=timeout,
+      hooks={'response': lambda response, **_: responses.append(response)})
+
+  def download(source: str, tmp: str, pup):
+    try:
+      http(source, tmp, pup)
+    except requests.RequestException as e:
+      raise _failure(url, path, responses[-1] if responses else None,
+                     e) from e
+    finally:
+      if bar:
+        bar.close()
+    # pooch's temporary file is 0600 and is renamed as it is; a shared cache
+    # should follow the umask, and setting it before the rename keeps the
+    # file from ever being visible at ``path`` with other permissions.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-    return path
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+
+  try:
+    pooch.retrieve(url, fname=name, path=folder, downloader=download,
+                   known_hash=None if sha256 is None else f'sha256:{sha256}')
+  except ValueError as e:  # pooch's checksum check, naming both hashes
+    raise DownloadError(f'checksum mismatch for {url}: {e} Nothing was saved '
+                        f'at {path}.') from e
+  return path
+
+
+def _failure(url: str, path: str, response, error: Exception
+             ) -> DownloadError:
+  """The error for a download that failed before or while its body came."""
+  if response is None or not response.ok:   # offline, refused, or HTTP error
+    return DownloadError(
+        f'cannot download {url} ({error}). Without network access, download '
+        f'it elsewhere and put it at {path}, or pass data_dir= (--data_dir) '
+        'naming the folder that holds it.')
+  total = int(response.headers.get('Content-Length') or 0)
+  received = response.raw.tell()           # bytes off the wire, as sent
+  if received < total:
+    return DownloadError(
+        f'download of {url} stopped after {received} of {total} bytes '
+        f'({error}); nothing was saved at {path}.')
+  return DownloadError(f'download of {url} failed after {received} bytes '
+                       f'({error}); nothing was saved at {path}.')
 
 
 def resolve(filename: str, *, url: str | None, sha256: str | None,

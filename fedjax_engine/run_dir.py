@@ -25,9 +25,11 @@ Example:
 
 import json
 import os
+import shutil
 
 METRICS = 'metrics.jsonl'
 FLAGS = 'flags.txt'
+CHECKPOINTS = 'checkpoints'   # fedjax_engine.checkpoint's folder
 # What to do with a folder that already holds a run's metrics.
 IF_EXISTS = ('refuse', 'overwrite', 'move_aside')
 
@@ -47,7 +49,7 @@ def prepare(path: str, *, if_exists: str = 'refuse') -> str | None:
     path: the output folder; created with its parents when missing.
     if_exists: for a folder holding another run's ``metrics.jsonl``:
       ``'refuse'`` raises, ``'overwrite'`` deletes that run's files
-      (``metrics.jsonl``, ``flags.txt``; nothing else), ``'move_aside'``
+      (``metrics.jsonl``, ``flags.txt``, ``checkpoints/``; nothing else), ``'move_aside'``
       renames the folder to ``<path>.1`` (or the first free ``.N``).
 
   Returns:
@@ -66,14 +68,15 @@ def prepare(path: str, *, if_exists: str = 'refuse') -> str | None:
   if os.path.exists(os.path.join(path, METRICS)):
     if if_exists == 'refuse':
       raise OutputError(
-          f'output folder {path} already holds a run ({METRICS}); choose '
-          'another folder, or overwrite that run or move it aside '
-          '(--output_exists=overwrite|move_aside).')
+          f'output folder {path} already holds a run ({METRICS}); resume it '
+          '(--resume), choose another folder, or overwrite that run or move '
+          'it aside (--output_exists=overwrite|move_aside).')
     try:
       if if_exists == 'overwrite':
         for name in (METRICS, FLAGS):
           if os.path.exists(os.path.join(path, name)):
             os.remove(os.path.join(path, name))
+        shutil.rmtree(os.path.join(path, CHECKPOINTS), ignore_errors=True)
       else:
         k = 1
         while os.path.exists(f'{path}.{k}'):
@@ -116,17 +119,24 @@ class MetricsFile:
   ``-Infinity``, which Python's ``json`` and pandas read back as floats.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, keep: list | None = None):
+    """Creates ``metrics.jsonl`` in folder ``path``; or, resuming a run,
+    replaces it whole with the records ``keep`` and appends after them."""
     self.path = os.path.join(path, METRICS)
     try:
-      self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                         0o644)
+      if keep is None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                           0o644)
+      else:
+        write_text(path, METRICS, ''.join(json.dumps(r) + '\n'
+                                          for r in keep))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
     except FileExistsError:
       raise OutputError(f'{self.path} exists: the folder already holds a '
                         'run (see run_dir.prepare).') from None
     except OSError as e:
       raise OutputError(f'cannot write {self.path}: {_reason(e)}.') from None
-    self._size = 0
+    self._size = os.lseek(self._fd, 0, os.SEEK_END)
 
   def write(self, records) -> None:
     data = memoryview(''.join(json.dumps(r) + '\n'

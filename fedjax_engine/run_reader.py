@@ -305,7 +305,7 @@ def check_metrics(runs: list[Run], metrics) -> list[str]:
 
 def run_cli(main: Callable[[list[str]], None]) -> None:
   """``app.run(main)``, where a bad flag or a :class:`RunError` prints one
-  line, ``error: ...``, and exits with status 2."""
+  line, ``error: ...``, and exits with status 2; warnings go to stderr."""
 
   def parse(argv):
     try:
@@ -321,4 +321,8 @@ def run_cli(main: Callable[[list[str]], None]) -> None:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(EXIT_USAGE)
 
+  # A skipped cut-off line is a warning the user should see, and nothing
+  # less than a warning.
+  flags.FLAGS.set_default('logtostderr', True)
+  flags.FLAGS.set_default('verbosity', logging.WARNING)
   app.run(main_exiting_on_error, flags_parser=parse)

@@ -17,8 +17,10 @@ value of every client.
 A non-finite training or test loss, or non-finite parameters, stop the run
 with :class:`Diverged` naming the round (or, with ``on_nonfinite='warn'``,
 log a warning and go on); the metrics up to that round are written first.
-Ctrl-C ends the run with :class:`Interrupted`, which says how many rounds
-were done; their metrics are already written. It takes effect when the
+Ctrl-C or SIGTERM ends the run with :class:`Interrupted`, which says how
+many rounds were done; their metrics are already written, and with an
+``output_dir`` a checkpoint is saved, from which ``resume=True`` goes on
+exactly (:mod:`fedjax_engine.checkpoint`). It takes effect when the
 compiled call in progress returns, so JAX is never interrupted in the middle
 of a dispatch; a second Ctrl-C interrupts at once.
 
@@ -38,6 +40,7 @@ Example:
 import csv
 import io
 import math
+import os
 import signal
 import threading
 import time
@@ -49,11 +52,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_engine import checkpoint as checkpoint_lib
 from fedjax_engine import data as data_lib
 from fedjax_engine import evaluate as evaluate_lib
 from fedjax_engine import heterogeneity
 from fedjax_engine import personal_evaluate
 from fedjax_engine import run_dir
+from fedjax_engine import run_reader
 from fedjax_engine import sampling
 from fedjax_engine import simulate
 from fedjax_engine.algorithm import Algorithm
@@ -61,6 +66,7 @@ from fedjax_engine.model import Model
 
 
 PER_CLIENT_FILE = 'personal_per_client.csv'
+TENSORBOARD = 'tensorboard'   # the event files' folder in a run's folder
 
 
 def _write_per_client(output_dir, client_ids, per_client):
@@ -85,16 +91,19 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-  """Ctrl-C during a run; ``rounds`` rounds were done and written."""
+  """Ctrl-C or SIGTERM during a run; ``rounds`` rounds were done and
+  written, and with ``checkpointed`` saved in a checkpoint to resume from."""
 
-  def __init__(self, rounds: int, history: list):
+  def __init__(self, rounds: int, history: list, checkpointed: bool = False):
     super().__init__(f'interrupted after {rounds} rounds')
     self.rounds = rounds
     self.history = history
+    self.checkpointed = checkpointed
 
 
 class _DeferredInterrupt:
-  """Holds Ctrl-C (SIGINT) back until the loop checks ``requested``.
+  """Holds Ctrl-C (SIGINT) and SIGTERM back until the loop checks
+  ``requested``.
 
   A KeyboardInterrupt raised at an arbitrary point of JAX's dispatch can
   leave a computation in flight or internal state half-updated as the
@@ -115,12 +124,14 @@ class _DeferredInterrupt:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGINT, self._handle)
+      self._previous = {sig: signal.signal(sig, self._handle)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
     return self
 
   def __exit__(self, *exc):
     if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
+      for sig, handler in self._previous.items():
+        signal.signal(sig, handler)
 
 
 def _to_python(metrics: dict) -> dict:
@@ -177,7 +188,10 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    finetune_steps: int = 0,
                    finetune_optimizer: optax.GradientTransformation | None = None,
                    more_tests: Mapping[str, data_lib.FederatedData] | None = None,
-                   at_evaluation: Callable[[int], dict] | None = None
+                   at_evaluation: Callable[[int], dict] | None = None,
+                   checkpoint_every: int = 0, keep_checkpoints: int = 3,
+                   resume: bool = False, identity: str = '',
+                   tensorboard: bool = False
                    ) -> list[dict[str, Any]]:
   """Runs ``num_rounds`` rounds and returns one metrics dict per round.
 
@@ -231,6 +245,18 @@ def run_experiment(algorithm: Algorithm, model: Model,
       accuracy is the attack's success rate).
     at_evaluation: ``at_evaluation(rounds_done) -> {name: value}``, added
       to every evaluation's record (the privacy spent, ``epsilon``).
+    checkpoint_every: with ``output_dir``, save a checkpoint every this
+      many rounds (:mod:`fedjax_engine.checkpoint`); one is always saved
+      after the last round (the trained model) and on Ctrl-C or SIGTERM.
+      0: only those.
+    keep_checkpoints: the latest checkpoints kept.
+    resume: continue the run in ``output_dir`` from its latest checkpoint
+      (metrics after it are dropped and computed again, identically); a
+      folder without a run starts one.
+    identity: what makes two runs the same experiment (the CLI passes its
+      flags); a checkpoint saved under another identity is refused.
+    tensorboard: with ``output_dir``, also write the metrics as
+      TensorBoard scalars to ``<output_dir>/tensorboard``.
 
   Raises:
     Diverged: see ``on_nonfinite``.
@@ -296,14 +322,32 @@ def run_experiment(algorithm: Algorithm, model: Model,
   else:
     client_states = ()
 
-  sink = None
+  sink, checkpoints, history, r = None, None, [], 0
   if output_dir:
-    run_dir.prepare(output_dir)
-    sink = run_dir.MetricsFile(output_dir)
+    checkpoints = checkpoint_lib.Checkpoints(
+        output_dir, keep=keep_checkpoints, identity=identity)
+    if resume and checkpoints.latest() is not None:
+      r, server_state, client_states = checkpoints.restore(server_state,
+                                                           client_states)
+      history = [record for record in run_reader.read_metrics(output_dir)
+                 if record['round'] <= r]
+      sink = run_dir.MetricsFile(output_dir, keep=history)
+    else:
+      if resume and os.path.exists(os.path.join(output_dir, run_dir.METRICS)):
+        raise run_dir.OutputError(
+            f'{output_dir} holds a run but no checkpoint to resume it from.')
+      run_dir.prepare(output_dir)
+      sink = run_dir.MetricsFile(output_dir)
+  board = None
+  if output_dir and tensorboard:
+    from fedjax_engine import tensorboard as tensorboard_lib  # pylint: disable=g-import-not-at-top
+    board = tensorboard_lib.TensorBoardSink(
+        os.path.join(output_dir, TENSORBOARD))
   bar = None
   if progress:
     from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
-    bar = tqdm.tqdm(total=num_rounds, unit='round', dynamic_ncols=True)
+    bar = tqdm.tqdm(total=num_rounds, initial=r, unit='round',
+                    dynamic_ncols=True)
 
   def scores(server_state, client_states, rounds_done):
     out = _to_python(evaluate(server_state.params))
@@ -320,9 +364,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
       out.update(at_evaluation(rounds_done))
     return out
 
-  history = []
   warned = False
-  r = 0
   with _DeferredInterrupt() as interrupt:
     try:
       if num_rounds == 0 and evaluate is not None:
@@ -335,7 +377,9 @@ def run_experiment(algorithm: Algorithm, model: Model,
         n = 1
         if fused:
           to_eval = eval_every - r % eval_every if eval_every else num_rounds
-          n = min(rounds_per_call, num_rounds - r, to_eval)
+          to_save = (checkpoint_every - r % checkpoint_every
+                     if checkpoints and checkpoint_every else num_rounds)
+          n = min(rounds_per_call, num_rounds - r, to_eval, to_save)
         # The second call, or the first when it is the only one.
         profiling = profile_dir and (calls == 1 or n == num_rounds)
         if profiling:
@@ -367,10 +411,15 @@ def run_experiment(algorithm: Algorithm, model: Model,
           records[-1].update(scores(server_state, client_states, end))
         if sink:
           sink.write(records)
+        if board:
+          board.write(records)
         history.extend(records)
         r = end  # rounds done and written
+        if checkpoints and (interrupt.requested or r == num_rounds or (
+            checkpoint_every and r % checkpoint_every == 0)):
+          checkpoints.save(r, server_state, client_states)
         if interrupt.requested:
-          raise Interrupted(r, history)
+          raise Interrupted(r, history, checkpointed=checkpoints is not None)
         diverged = _nonfinite(records, server_state.params)
         if diverged and on_nonfinite == 'stop':
           raise diverged
@@ -392,4 +441,8 @@ def run_experiment(algorithm: Algorithm, model: Model,
         bar.close()
       if sink:
         sink.close()
+      if board:
+        board.close()
+      if checkpoints:
+        checkpoints.close()
   return history

@@ -21,6 +21,7 @@ starts them on this machine.
 import functools
 import hashlib
 import inspect
+import json
 import logging as py_logging
 import math
 import os
@@ -38,10 +39,12 @@ import optax
 from fedjax_engine import accounting
 from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import attacks
+from fedjax_engine import checkpoint
 from fedjax_engine import compression
 from fedjax_engine import data as data_lib
 from fedjax_engine import datasets
 from fedjax_engine import diagnostics
+from fedjax_engine import evaluate as evaluate_lib
 from fedjax_engine import heterogeneity
 from fedjax_engine import privacy
 from fedjax_engine import registry
@@ -213,6 +216,18 @@ flags.DEFINE_string('output_dir', None, 'Where metrics.jsonl and flags.txt '
 flags.DEFINE_enum('output_exists', 'refuse', run_dir.IF_EXISTS, 'When '
                   '--output_dir already holds a run: refuse to start, '
                   'overwrite that run, or move it aside to <dir>.N.')
+flags.DEFINE_bool('resume', False, 'Continue the run in --output_dir from '
+                  'its latest checkpoint, with the flags it was started '
+                  'with; the metrics come out as if it had never stopped. '
+                  'A folder without a run starts one.')
+flags.DEFINE_integer('checkpoint_every', 0, 'With --output_dir, save a '
+                     'checkpoint every this many rounds (one is always '
+                     'saved after the last round, and on Ctrl-C or '
+                     'SIGTERM); 0: only those.')
+flags.DEFINE_integer('keep_checkpoints', 3, 'The latest checkpoints kept.')
+flags.DEFINE_bool('tensorboard', False, 'With --output_dir, also write the '
+                  'metrics as TensorBoard scalars to <output_dir>/tensorboard '
+                  '(tensorboard --logdir=<output_dir>).')
 flags.DEFINE_enum('nonfinite', 'stop', ['stop', 'warn'], 'A non-finite loss '
                   'or parameter stops the run (exit code 3), or only warns.')
 flags.DEFINE_bool('progress', True, 'Show a progress bar.')
@@ -308,6 +323,7 @@ RANGES = {
     'secagg_dropout': _FRACTION, 'secagg_threshold': _UNIT_OPEN_LOW,
     'backdoor_target': _AT_LEAST_0, 'backdoor_fraction': _UNIT_OPEN_LOW,
     'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
+    'checkpoint_every': _AT_LEAST_0, 'keep_checkpoints': _AT_LEAST_1,
     'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
     'num_processes': _AT_LEAST_1, 'process_id': _AT_LEAST_0,
     'max_clients': _AT_LEAST_1, 'max_examples': _AT_LEAST_1,
@@ -579,12 +595,17 @@ def _secure_aggregation(algorithm, stages):
 
 
 def _quiet_jax_startup():
-  """Silences JAX's start-up INFO logs: the backend search ("Unable to
-  initialize backend 'tpu'") and the multi-process connection messages.
+  """Shows warnings and up unless --verbosity asks for more, and silences
+  JAX's start-up INFO logs: the backend search ("Unable to initialize
+  backend 'tpu'") and the multi-process connection messages.
 
-  They are logged on JAX's Python loggers, which absl's verbosity does not
-  always filter; they show again with --verbosity=1 or more.
+  Without --verbosity, absl leaves its level to Python's root logger, where
+  app.run puts INFO (orbax's checkpoint logs would fill stderr). JAX logs
+  on its own Python loggers, which absl's verbosity does not always
+  filter; they show again with --verbosity=1 or more.
   """
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   if logging.get_verbosity() < 1:
     for name in ('jax._src.xla_bridge', 'jax._src.distributed'):
       py_logging.getLogger(name).setLevel(py_logging.WARNING)
@@ -672,7 +693,11 @@ def _exit(code):
 # Flags that say where and how a run is shown or written, not what it
 # computes: flags.txt leaves them out, so rerunning from it writes nothing
 # into the old folder and asks for its own --output_dir.
-_OUTPUT_FLAGS = ('output_dir', 'output_exists', 'progress', 'profile_dir')
+_OUTPUT_FLAGS = ('output_dir', 'output_exists', 'progress', 'profile_dir',
+                 'resume')
+# Flags that change what a run writes (checkpoints, event files), not what
+# it computes; a run may be resumed with other values of them.
+_CHECKPOINT_FLAGS = ('checkpoint_every', 'keep_checkpoints', 'tensorboard')
 
 # Exit codes besides 0: 2 a bad input (flag, data, output folder), 3 the
 # training diverged, 130 interrupted by Ctrl-C (128 + SIGINT, as shells do).
@@ -688,6 +713,13 @@ def _flags_text() -> str:
                  if flag.name not in skip and flag.value is not None)
 
 
+def _identity() -> str:
+  """The flags that a resumed run must share with the run it continues."""
+  return ''.join(line + '\n' for line in _flags_text().splitlines()
+                 if line.lstrip('-').split('=')[0].removeprefix('no')
+                 not in _CHECKPOINT_FLAGS)
+
+
 def _main_exiting_on_error(argv):
   """``main``, with Ctrl-C ending in one line and exit code 130, and an
   unexpected error in a multi-process run ending the process at once (see
@@ -698,7 +730,10 @@ def _main_exiting_on_error(argv):
     where = (f'; their metrics are in '
              f'{os.path.join(FLAGS.output_dir, run_dir.METRICS)}'
              if FLAGS.output_dir and e.rounds else '')
-    print(f'interrupted after {e.rounds} rounds{where}.', file=sys.stderr)
+    resume = (' A checkpoint is saved: the same command with --resume goes '
+              'on from it.' if e.checkpointed else '')
+    print(f'interrupted after {e.rounds} rounds{where}.{resume}',
+          file=sys.stderr)
     _exit(EXIT_INTERRUPTED)
   except KeyboardInterrupt:
     print('interrupted before the first round.', file=sys.stderr)
@@ -733,11 +768,14 @@ def main(argv):
     lead = jax.process_index() == 0
     if lead and FLAGS.output_dir:
       output_dir = FLAGS.output_dir
-      moved = run_dir.prepare(output_dir, if_exists=FLAGS.output_exists)
-      if moved:
-        print(f'moved the earlier run in {output_dir} to {moved}',
-              file=sys.stderr)
-      run_dir.write_text(output_dir, run_dir.FLAGS, _flags_text())
+      resuming = FLAGS.resume and os.path.exists(
+          os.path.join(output_dir, run_dir.METRICS))
+      if not resuming:
+        moved = run_dir.prepare(output_dir, if_exists=FLAGS.output_exists)
+        if moved:
+          print(f'moved the earlier run in {output_dir} to {moved}',
+                file=sys.stderr)
+        run_dir.write_text(output_dir, run_dir.FLAGS, _flags_text())
     (algorithm, model, train, test, batching, more_tests,
      at_evaluation) = _build()
     history = runner.run_experiment(
@@ -762,7 +800,10 @@ def main(argv):
         personal_eval=FLAGS.personal_eval,
         finetune_steps=FLAGS.finetune_steps,
         finetune_optimizer=optax.sgd(FLAGS.finetune_lr or FLAGS.client_lr),
-        more_tests=more_tests, at_evaluation=at_evaluation)
+        more_tests=more_tests, at_evaluation=at_evaluation,
+        checkpoint_every=FLAGS.checkpoint_every,
+        keep_checkpoints=FLAGS.keep_checkpoints, resume=FLAGS.resume,
+        identity=_identity(), tensorboard=FLAGS.tensorboard)
   except runner.Diverged as e:
     where = (f' Metrics up to round {e.written} are in '
              f'{os.path.join(output_dir, run_dir.METRICS)}.'
@@ -860,6 +901,50 @@ def _apply_server_defaults():
           f'--algorithm={FLAGS.algorithm} is fedavg with '
           f'--server_optimizer={value}, not {flag.value}; drop '
           f'--server_optimizer or use --algorithm=fedavg.')
+
+
+def _evaluate_saved(argv):
+  """``python -m fedjax_engine.evaluate_run RUN_DIR [--flag=value ...]``."""
+  _quiet_jax_startup()
+  try:
+    _set_cpu_devices()
+    _apply_server_defaults()
+    _, model, _, test, *_ = _build()
+    params = checkpoint.load_params(
+        argv[1], like=model.init(jax.random.key(FLAGS.seed)))
+    rounds = checkpoint.Checkpoints(argv[1]).latest()
+    scores = evaluate_lib.make_evaluate(
+        model, test, batch_size=FLAGS.eval_batch_size)(params)
+  except (UsageError, ValueError, FileNotFoundError,
+          download.DownloadError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  scores = {f'test_{k}': round(float(v), 4) for k, v in scores.items()}
+  print(f'{argv[1]}: the model after {rounds} rounds on --dataset='
+        f'{FLAGS.dataset}: {json.dumps(scores)}')
+
+
+def _parse_saved_run(argv):
+  """The flags of the run in ``argv[1]`` (its flags.txt), then ``argv[2:]``
+  over them (another --data_dir, a test set of another --dataset)."""
+  if len(argv) < 2 or argv[1].startswith('-'):
+    print('error: usage: python -m fedjax_engine.evaluate_run RUN_DIR '
+          '[--flag=value ...]', file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  saved = os.path.join(argv[1], run_dir.FLAGS)
+  if not os.path.isfile(saved):
+    print(f'error: {argv[1]} is not a run folder: it has no {run_dir.FLAGS}.',
+          file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  _parse_flags([argv[0], f'--flagfile={saved}', *argv[2:]])
+  return argv[:2]
+
+
+def evaluate_saved_run():
+  """Evaluates the model a run saved (its latest checkpoint) on the test
+  split of its dataset, or of the dataset that later flags name."""
+  FLAGS.set_default('verbosity', logging.WARNING)
+  app.run(_evaluate_saved, flags_parser=_parse_saved_run)
 
 
 def run():

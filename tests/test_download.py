@@ -6,6 +6,7 @@ Content-Length, 404, a stalled body). Every request the client makes is
 bounded: by the server closing the connection, or by ``fetch``'s timeout.
 """
 
+import gzip
 import hashlib
 import http.server
 import os
@@ -42,6 +43,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.wfile.write(body)
     elif mode == 'short':       # promises more bytes than it sends, closes
       self.send_header('Content-Length', str(len(body) * 10))
+      self.end_headers()
+      self.wfile.write(body)
+    elif mode == 'gzip':        # compresses on the wire when allowed to
+      if 'gzip' in self.headers.get('Accept-Encoding', ''):
+        body = gzip.compress(body)
+        self.send_header('Content-Encoding', 'gzip')
+      self.send_header('Content-Length', str(len(body)))
       self.end_headers()
       self.wfile.write(body)
     elif mode == 'stall':       # sends part of the body, then goes silent
@@ -162,7 +170,18 @@ def test_download_with_progress_bar(server, cache, capsys):
   path = download.resolve('a.bin', url=url, sha256=BODY_SHA256)
   with open(path, 'rb') as f:
     assert f.read() == BODY
-  assert 'a.bin' in capsys.readouterr().err   # tqdm writes to stderr
+  err = capsys.readouterr().err               # tqdm writes to stderr
+  assert 'a.bin: 100%' in err and '2.70k/2.70k' in err   # named, complete
+
+
+def test_download_saves_the_published_bytes(server, cache):
+  # A server compressing on the wire (requests asks for gzip): the file saved
+  # is the published one, whose checksum is the pinned one.
+  url = server.route('/a.bin', mode='gzip')
+  path = download.resolve('a.bin', url=url, sha256=BODY_SHA256,
+                          progress=False)
+  with open(path, 'rb') as f:
+    assert f.read() == BODY
 
 
 def test_cached_file_reused_without_network(server, cache):
@@ -180,12 +199,15 @@ def test_cached_file_reused_without_network(server, cache):
 
 
 def test_checksum_mismatch_saves_nothing(server, cache):
-  url = server.route('/a.bin', body=BODY[:-1] + b'?')
+  bad = BODY[:-1] + b'?'
+  url = server.route('/a.bin', body=bad)
   with pytest.raises(download.DownloadError) as e:
     download.resolve('a.bin', url=url, sha256=BODY_SHA256, progress=False)
   message = str(e.value)
   assert 'checksum mismatch' in message and url in message
   assert BODY_SHA256 in message
+  assert hashlib.sha256(bad).hexdigest() in message
+  assert os.path.join(str(cache), 'a.bin') in message
   assert not os.path.exists(os.path.join(str(cache), 'a.bin'))
   assert _files(cache) == []                  # no partial files either
 
@@ -198,6 +220,34 @@ def test_body_shorter_than_content_length_saves_nothing(server, cache):
   assert 'stopped after 10 of 100 bytes' in message and url in message
   assert os.path.join(str(cache), 'a.bin') in message
   assert _files(cache) == []
+  assert server.hits == ['/a.bin']            # one clear failure, no retry
+
+
+def test_interrupted_download_saves_nothing(server, cache, monkeypatch):
+  # Ctrl-C after the body was written to the temporary file, before the
+  # rename: neither the file nor the temporary one stays.
+  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+
+  def interrupt(*args):
+    del args
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(tqdm.tqdm, 'update', interrupt)
+  url = server.route('/a.bin')
+  with pytest.raises(KeyboardInterrupt):
+    download.resolve('a.bin', url=url, sha256=BODY_SHA256)
+  assert _files(cache) == []
+
+
+def test_wrong_file_at_the_path_is_replaced_whole(server, tmp_path):
+  # fetch over a stale or corrupt file: the checked download replaces it.
+  path = tmp_path / 'out' / 'a.bin'
+  path.parent.mkdir()
+  path.write_bytes(b'stale')
+  url = server.route('/a.bin')
+  download.fetch(url, str(path), sha256=BODY_SHA256, progress=False)
+  assert path.read_bytes() == BODY
+  assert _files(tmp_path / 'out') == ['a.bin']
 
 
 def test_http_error_names_the_url(server, cache):
@@ -277,15 +327,14 @@ def test_download_off_and_cache_miss(server, cache):
   assert server.hits == []
 
 
-def test_downloaded_file_follows_the_umask(tmp_path, monkeypatch):
-  # mkstemp makes 0600 files; a cache shared between users must be readable.
-  source = tmp_path / 'src.bin'
-  source.write_bytes(b'data')
-  monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / 'cache'))
+def test_downloaded_file_follows_the_umask(server, tmp_path):
+  # pooch's temporary file is 0600; a cache shared between users must be
+  # readable.
+  url = server.route('/f.bin')
   umask = os.umask(0o022)
   try:
-    path = download.fetch(source.as_uri(), str(tmp_path / 'cache' / 'f.bin'),
-                          sha256=None, progress=False)
+    path = download.fetch(url, str(tmp_path / 'cache' / 'f.bin'),
+                          sha256=BODY_SHA256, progress=False)
   finally:
     os.umask(umask)
   assert os.stat(path).st_mode & 0o777 == 0o644
