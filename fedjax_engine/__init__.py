@@ -46,6 +46,8 @@ from fedjax_engine.evaluate import make_evaluate as make_evaluate
 from fedjax_engine.personal_evaluate import PersonalEvaluator as PersonalEvaluator
 from fedjax_engine.personal_evaluate import make_personal_evaluate as make_personal_evaluate
 from fedjax_engine import sampling as sampling
+from fedjax_engine import checkpoint as checkpoint
+from fedjax_engine import sweep as sweep
 from fedjax_engine import testing as testing
 from fedjax_engine import heterogeneity as heterogeneity
 from fedjax_engine import transforms as transforms

@@ -87,6 +87,7 @@ class Diverged(RuntimeError):
   def __init__(self, round_num: int, what: str, written: int):
     super().__init__(f'training diverged at round {round_num}: {what}.')
     self.round = round_num
+    self.what = what
     self.written = written
 
 

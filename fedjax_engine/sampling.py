@@ -56,6 +56,11 @@ class UniformSampler:
   def __call__(self, round_num: int) -> np.ndarray:
     return np.asarray(self._on_host(round_num))
 
+  def with_key(self, key) -> 'UniformSampler':
+    """The same sampling under another key (a sweep's run, traced)."""
+    return UniformSampler(num_clients=self.num_clients,
+                          clients_per_round=self.clients_per_round, key=key)
+
 
 def uniform(*, num_clients: int, clients_per_round: int,
             key) -> UniformSampler:

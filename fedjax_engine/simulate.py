@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import data as data_lib
 from fedjax_engine import heterogeneity
+from fedjax_engine import sampling as sampling_lib
 from fedjax_engine import tree
 from fedjax_engine.algorithm import Algorithm, Mean, RoundInfo
 
@@ -259,6 +260,8 @@ class Round:
                            static_argnames=('num_steps', 'rows_only'))
     self._fused = jax.jit(self._rounds, donate_argnums=(0, 1),
                           static_argnames=('sampler', 'block', 'num_steps'))
+    self._swept = jax.jit(self._sweep_rounds, donate_argnums=(0, 1),
+                          static_argnames=('sampler', 'block', 'num_steps'))
 
   def select(self, client_ids) -> data_lib.Cohort:
     """A cohort of these clients, padded to the round's fixed size.
@@ -296,7 +299,8 @@ class Round:
     """Programs compiled so far: one per step bucket met (one with
     ``local_steps``), plus one per block length of :meth:`run_rounds`."""
     return (self._jitted._cache_size()  # pylint: disable=protected-access
-            + self._fused._cache_size())  # pylint: disable=protected-access
+            + self._fused._cache_size()  # pylint: disable=protected-access
+            + self._swept._cache_size())  # pylint: disable=protected-access
 
   @property
   def num_chunks(self) -> int:
@@ -397,6 +401,58 @@ class Round:
     if num_rounds < block:
       metrics = settled(_first_rows(metrics, num_rounds))
     return server_state, client_states, metrics
+
+  def run_sweep(self, server_states, client_states, sampler, rounds_keys,
+                sample_keys, *, first_round: int, num_rounds: int,
+                block: int | None = None):
+    """:meth:`run_rounds` for several runs of one experiment at once: the
+    runs (seeds) are vmapped inside one compiled program.
+
+    Run ``i`` starts from ``server_states[i]`` and ``client_states[i]``
+    (every leaf stacked over the runs), samples with ``sampler`` keyed by
+    ``sample_keys[i]`` and folds its round keys from ``rounds_keys[i]``,
+    so it computes what :meth:`run_rounds` computes for that run alone (to
+    float rounding: batched products may sum in another order).
+
+    Returns:
+      ``(server_states, client_states, metrics)``, metrics
+      ``{name: [runs, num_rounds]}``.
+    """
+    block = num_rounds if block is None else block
+    if not isinstance(sampler, sampling_lib.UniformSampler):
+      raise ValueError('a sweep samples clients uniformly; got '
+                       f'{type(sampler).__name__}.')
+    if self.gather != 'device' or is_host_table(client_states):
+      raise ValueError("a sweep needs gather='device' and the client-state "
+                       'table on the device.')
+    if not 1 <= num_rounds <= block:
+      raise ValueError(f'num_rounds must lie in [1, block={block}], got '
+                       f'{num_rounds}.')
+    if self.chunk_size is None:
+      self.chunk_size = default_chunk_size(
+          tree.size(server_states.params) // rounds_keys.shape[0],
+          self.per_device)
+    num_steps = self.batching.num_steps(int(self.data.sizes.max(initial=1)))
+    server_states, client_states = jax.device_put(
+        (server_states, client_states), self._replicated)
+    server_states, client_states, metrics = settled(self._swept(
+        server_states, client_states, rounds_keys, sample_keys, self._store,
+        np.int32(first_round), np.int32(num_rounds), sampler=sampler,
+        block=block, num_steps=num_steps))
+    if num_rounds < block:
+      metrics = settled(jax.tree.map(lambda m: m[:, :num_rounds], metrics))
+    return server_states, client_states, metrics
+
+  def _sweep_rounds(self, server_states, client_states, rounds_keys,
+                    sample_keys, store, first_round, num_rounds, *, sampler,
+                    block, num_steps):
+    def one_run(server_state, client_state, rounds_key, sample_key):
+      return self._rounds(server_state, client_state, rounds_key, store,
+                          first_round, num_rounds,
+                          sampler=sampler.with_key(sample_key), block=block,
+                          num_steps=num_steps)
+    return jax.vmap(one_run)(server_states, client_states, rounds_keys,
+                             sample_keys)
 
   def _device_cohort(self, ids, store) -> data_lib.Cohort:
     """What :meth:`select` builds on the host, built inside the program.

@@ -52,6 +52,7 @@ from fedjax_engine import robust
 from fedjax_engine import run_dir
 from fedjax_engine import runner
 from fedjax_engine import secure_aggregation as secagg
+from fedjax_engine import sweep
 from fedjax_engine import transforms
 from fedjax_engine.datasets import download
 
@@ -207,6 +208,12 @@ flags.DEFINE_integer('finetune_steps', 0, 'With --personal_eval: local SGD '
 flags.DEFINE_float('finetune_lr', None, 'With --personal_eval: fine-tuning '
                    'learning rate (default --client_lr).')
 flags.DEFINE_integer('seed', 0, 'Seed for params, sampling and clients.')
+flags.DEFINE_integer('data_seed', None, 'Seed for generated data and for '
+                     'splitting a centralized dataset into clients; default '
+                     '--seed (in a sweep, the first of --seeds).')
+flags.DEFINE_list('seeds', None, 'A sweep: train these seeds together, '
+                  'vmapped in one compiled program, one folder each '
+                  '(<output_dir>/seed_<s>/), the data shared (--data_seed).')
 flags.DEFINE_integer('client_chunk_size', None, 'Clients trained at once per '
                      'device (default: chosen for the backend and model).')
 flags.DEFINE_enum('gather', 'device', ['device', 'host'], 'Gather batches on '
@@ -324,6 +331,7 @@ RANGES = {
     'backdoor_target': _AT_LEAST_0, 'backdoor_fraction': _UNIT_OPEN_LOW,
     'seed': _AT_LEAST_0, 'client_chunk_size': _AT_LEAST_1,
     'checkpoint_every': _AT_LEAST_0, 'keep_checkpoints': _AT_LEAST_1,
+    'data_seed': _AT_LEAST_0,
     'cpu_devices': _AT_LEAST_0, 'rounds_per_call': _AT_LEAST_1,
     'num_processes': _AT_LEAST_1, 'process_id': _AT_LEAST_0,
     'max_clients': _AT_LEAST_1, 'max_examples': _AT_LEAST_1,
@@ -348,13 +356,19 @@ def _check(condition, message):
     raise UsageError(message)
 
 
+def _data_seed() -> int:
+  if FLAGS.data_seed is not None:
+    return FLAGS.data_seed
+  return int(FLAGS.seeds[0]) if FLAGS.seeds else FLAGS.seed
+
+
 def _partition(data):
   """Splits a centralized dataset's train set into clients by the flags.
 
   The test set becomes one evaluation client, so the example-weighted test
   metrics are the usual centralized ones.
   """
-  kwargs = dict(num_clients=FLAGS.num_clients, seed=FLAGS.seed)
+  kwargs = dict(num_clients=FLAGS.num_clients, seed=_data_seed())
   if FLAGS.partition == 'dirichlet':
     kwargs['alpha'] = FLAGS.dirichlet_alpha
   elif FLAGS.partition == 'shards':
@@ -417,7 +431,7 @@ def _build():
         size_log_mean=FLAGS.synthetic_size_log_mean,
         size_log_sigma=FLAGS.synthetic_size_log_sigma,
         min_size=FLAGS.synthetic_min_size,
-        test_fraction=FLAGS.synthetic_test_fraction, seed=FLAGS.seed)
+        test_fraction=FLAGS.synthetic_test_fraction, seed=_data_seed())
   else:
     accepted = inspect.signature(dataset.load).parameters
     options = {k: v for k, v in (('data_dir', FLAGS.data_dir),
@@ -770,12 +784,15 @@ def main(argv):
       output_dir = FLAGS.output_dir
       resuming = FLAGS.resume and os.path.exists(
           os.path.join(output_dir, run_dir.METRICS))
-      if not resuming:
+      if not (resuming or FLAGS.seeds):
         moved = run_dir.prepare(output_dir, if_exists=FLAGS.output_exists)
         if moved:
           print(f'moved the earlier run in {output_dir} to {moved}',
                 file=sys.stderr)
         run_dir.write_text(output_dir, run_dir.FLAGS, _flags_text())
+    if FLAGS.seeds:
+      _sweep(output_dir)
+      return
     (algorithm, model, train, test, batching, more_tests,
      at_evaluation) = _build()
     history = runner.run_experiment(
@@ -901,6 +918,68 @@ def _apply_server_defaults():
           f'--algorithm={FLAGS.algorithm} is fedavg with '
           f'--server_optimizer={value}, not {flag.value}; drop '
           f'--server_optimizer or use --algorithm=fedavg.')
+
+
+# What a sweep cannot share between its seeds, or does not do.
+_NOT_IN_SWEEPS = (
+    ('dp', 'none', 'its noise is seeded by --seed'),
+    ('secure_aggregation', 'none', 'its masks are seeded by --seed'),
+    ('malicious_fraction', 0.0, 'the malicious clients are drawn from --seed'),
+    ('state_table', 'device', 'a sweep keeps the tables on the device'),
+    ('gather', 'device', 'a sweep keeps the examples on the device'),
+    ('availability_period', 0, 'a sweep samples clients uniformly'),
+    ('personal_eval', False, 'a sweep evaluates the global models'),
+    ('resume', False, 'a sweep takes no checkpoints to resume from'),
+    ('checkpoint_every', 0, 'a sweep takes no checkpoints along the way'),
+    ('num_processes', 1, 'a sweep runs in one process'),
+)
+
+
+def _sweep(output_dir):
+  """``--seeds``: the runs together (:mod:`fedjax_engine.sweep`), each seed's
+  folder with the flags that rerun it alone."""
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError:
+    raise UsageError(f'--seeds must be integers, got {",".join(FLAGS.seeds)}.'
+                     ) from None
+  _check(len(set(seeds)) == len(seeds) and min(seeds) >= 0,
+         f'--seeds must be distinct integers >= 0, got {seeds}.')
+  _check(FLAGS.num_rounds >= 1, '--seeds needs --num_rounds >= 1.')
+  for name, allowed, why in _NOT_IN_SWEEPS:
+    _check(FLAGS[name].value == allowed, f'--seeds cannot combine with '
+           f'--{name}={FLAGS[name].value}: {why}.')
+  data_seed = _data_seed()
+  (algorithm, model, train, test, batching, more_tests,
+   at_evaluation) = _build()
+  _check(not more_tests, '--seeds evaluates the test set only.')
+  if output_dir:
+    chosen = (FLAGS.seed, FLAGS.data_seed, FLAGS.seeds)
+    try:
+      for s in seeds:
+        folder = sweep.seed_folder(output_dir, s)
+        run_dir.prepare(folder, if_exists=FLAGS.output_exists)
+        FLAGS.seed, FLAGS.data_seed, FLAGS.seeds = s, data_seed, None
+        run_dir.write_text(folder, run_dir.FLAGS, _flags_text())
+    finally:
+      FLAGS.seed, FLAGS.data_seed, FLAGS.seeds = chosen
+  histories = sweep.run_sweep(
+      algorithm, model, train, test, seeds=seeds, batching=batching,
+      clients_per_round=FLAGS.clients_per_round, num_rounds=FLAGS.num_rounds,
+      eval_every=FLAGS.eval_every, client_chunk_size=FLAGS.client_chunk_size,
+      weighting=FLAGS.weighting, eval_batch_size=FLAGS.eval_batch_size,
+      output_dir=output_dir, rounds_per_call=FLAGS.rounds_per_call,
+      progress=FLAGS.progress,
+      system=heterogeneity.SystemHeterogeneity(
+          dropout_rate=FLAGS.client_dropout, straggler_rate=FLAGS.stragglers),
+      at_evaluation=at_evaluation)
+  seconds = sum(h.get('seconds', 0.0) for h in histories[0])
+  print(f'{len(seeds)} seeds x {FLAGS.num_rounds} rounds in {seconds:.1f} s '
+        f'on {jax.device_count()} {jax.default_backend()} device(s)')
+  for s, history in zip(seeds, histories):
+    where = (f'; {os.path.join(sweep.seed_folder(output_dir, s), run_dir.METRICS)}'
+             if output_dir else '')
+    print(f'seed {s}: final {_summary(history)}{where}')
 
 
 def _evaluate_saved(argv):

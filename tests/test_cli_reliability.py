@@ -44,6 +44,7 @@ BAD_VALUES = {
     'backdoor_target': -1, 'backdoor_fraction': 0.0, 'secagg_bits': 33,
     'secagg_clip': 0.0, 'secagg_neighbors': 1, 'secagg_dropout': 1.0,
     'secagg_threshold': 0.0, 'checkpoint_every': -1, 'keep_checkpoints': 0,
+    'data_seed': -1,
 }
 
 
