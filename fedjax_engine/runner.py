@@ -325,9 +325,12 @@ def run_experiment(algorithm: Algorithm, model: Model,
 
   sink, checkpoints, history, r = None, None, [], 0
   if output_dir:
-    checkpoints = checkpoint_lib.Checkpoints(
-        output_dir, keep=keep_checkpoints, identity=identity)
-    if resume and checkpoints.latest() is not None:
+    # orbax saves through every process together; a multi-process run
+    # writes its metrics from one process and keeps no checkpoints yet.
+    if jax.process_count() == 1:
+      checkpoints = checkpoint_lib.Checkpoints(
+          output_dir, keep=keep_checkpoints, identity=identity)
+    if resume and checkpoints and checkpoints.latest() is not None:
       r, server_state, client_states = checkpoints.restore(server_state,
                                                            client_states)
       history = [record for record in run_reader.read_metrics(output_dir)

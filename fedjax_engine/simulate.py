@@ -405,8 +405,9 @@ class Round:
   def run_sweep(self, server_states, client_states, sampler, rounds_keys,
                 sample_keys, *, first_round: int, num_rounds: int,
                 block: int | None = None):
-    """:meth:`run_rounds` for several runs of one experiment at once: the
-    runs (seeds) are vmapped inside one compiled program.
+    """:meth:`run_rounds` for several runs of one experiment at once, in
+    one compiled program: the runs (seeds) are vmapped, or, where clients
+    train one at a time (``chunk_size`` 1), run one after another.
 
     Run ``i`` starts from ``server_states[i]`` and ``client_states[i]``
     (every leaf stacked over the runs), samples with ``sampler`` keyed by
@@ -451,8 +452,13 @@ class Round:
                           first_round, num_rounds,
                           sampler=sampler.with_key(sample_key), block=block,
                           num_steps=num_steps)
-    return jax.vmap(one_run)(server_states, client_states, rounds_keys,
-                             sample_keys)
+    runs = (server_states, client_states, rounds_keys, sample_keys)
+    if self.chunk_size > 1:
+      return jax.vmap(one_run)(*runs)
+    # Where clients train one at a time (larger models on CPU, where small
+    # batched products run slower), so do the runs: one after another in
+    # the same program, which still saves a compile and a dispatch per run.
+    return jax.lax.map(lambda run: one_run(*run), runs)
 
   def _device_cohort(self, ids, store) -> data_lib.Cohort:
     """What :meth:`select` builds on the host, built inside the program.

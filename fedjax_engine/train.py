@@ -644,6 +644,9 @@ def _init_distributed():
   the round's all-reduce combines them.
   """
   count, index = FLAGS.num_processes, FLAGS.process_id
+  _check(count == 1 or not (FLAGS.resume or FLAGS.checkpoint_every),
+         '--resume and --checkpoint_every need one process: a multi-process '
+         'run keeps no checkpoints yet.')
   _check(index < count, f'--process_id must lie in [0, {count}) '
          f'(--num_processes={count}), got {index}.')
   if count == 1:
@@ -979,7 +982,7 @@ def _sweep(output_dir):
   for s, history in zip(seeds, histories):
     where = (f'; {os.path.join(sweep.seed_folder(output_dir, s), run_dir.METRICS)}'
              if output_dir else '')
-    print(f'seed {s}: final {_summary(history)}{where}')
+    print(f'seed {s}: final: {_summary(history)}{where}')
 
 
 def _evaluate_saved(argv):

@@ -32,16 +32,21 @@ def _assert_same(history, solo, what):
             f'{what}: round {got["round"]} {key}')
 
 
-@pytest.mark.parametrize('name', ['fedavg', 'scaffold'])
-def test_each_seed_equals_its_run_alone(name, synthetic_train,
+# Chunks of one client: the runs go one after another in the program
+# (lax.map) instead of vmapped.
+@pytest.mark.parametrize('name, chunk', [('fedavg', None), ('scaffold', None),
+                                         ('scaffold', 1)])
+def test_each_seed_equals_its_run_alone(name, chunk, synthetic_train,
                                         logistic_model):
   algorithm = registry.ALGORITHMS[name](
       logistic_model, client_optimizer=optax.sgd(0.1))
   histories = sweep.run_sweep(algorithm, logistic_model, synthetic_train,
-                              synthetic_train, seeds=SEEDS, **SETTING)
+                              synthetic_train, seeds=SEEDS,
+                              client_chunk_size=chunk, **SETTING)
   for seed, history in zip(SEEDS, histories):
     solo = runner.run_experiment(algorithm, logistic_model, synthetic_train,
-                                 synthetic_train, seed=seed, **SETTING)
+                                 synthetic_train, seed=seed,
+                                 client_chunk_size=chunk, **SETTING)
     _assert_same(history, solo, f'{name} seed {seed}')
   # The seeds differ from each other.
   assert histories[0][-1]['train_loss'] != histories[1][-1]['train_loss']
