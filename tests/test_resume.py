@@ -8,6 +8,8 @@ transform's server state, and rounds fused three to a call.
 
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,11 +126,23 @@ def test_evaluate_run_scores_the_saved_model(whole_run, tmp_path):
   assert 'after 12 rounds' in result.stdout
 
 
-def test_a_checkpoint_of_other_flags_is_refused(whole_run, tmp_path):
-  folder = tmp_path / 'run'
-  code, _, _ = _start_and_stop(folder, tmp_path, sig=signal.SIGKILL,
+@pytest.fixture(scope='module')
+def killed_run(tmp_path_factory):
+  """A run killed after 4 rounds, with checkpoints; tests take copies."""
+  folder = tmp_path_factory.mktemp('killed') / 'run'
+  code, _, _ = _start_and_stop(folder, folder.parent, sig=signal.SIGKILL,
                                after_rounds=4)
   assert code == -signal.SIGKILL
+  assert checkpoint.Checkpoints(str(folder)).latest() is not None
+  return folder
+
+
+def _copy(folder, tmp_path):
+  return pathlib.Path(shutil.copytree(folder, tmp_path / 'run'))
+
+
+def test_a_checkpoint_of_other_flags_is_refused(killed_run, tmp_path):
+  folder = _copy(killed_run, tmp_path)
   result = _run(f'--output_dir={folder}', '--resume', '--seed=7',
                 cwd=tmp_path)
   assert result.returncode == 2
@@ -137,11 +151,8 @@ def test_a_checkpoint_of_other_flags_is_refused(whole_run, tmp_path):
   assert 'Traceback' not in result.stderr
 
 
-def test_a_damaged_checkpoint_is_refused(whole_run, tmp_path):
-  folder = tmp_path / 'run'
-  code, _, _ = _start_and_stop(folder, tmp_path, sig=signal.SIGKILL,
-                               after_rounds=4)
-  assert code == -signal.SIGKILL
+def test_a_damaged_checkpoint_is_refused(killed_run, tmp_path):
+  folder = _copy(killed_run, tmp_path)
   latest = checkpoint.Checkpoints(str(folder)).latest()
   for root, _, files in os.walk(folder / 'checkpoints' / str(latest)):
     for name in files:
@@ -163,11 +174,8 @@ def test_a_run_without_checkpoints_cannot_resume(tmp_path):
   assert 'no checkpoint to resume it from' in result.stderr
 
 
-def test_overwrite_removes_the_old_checkpoints(whole_run, tmp_path):
-  folder = tmp_path / 'run'
-  code, _, _ = _start_and_stop(folder, tmp_path, sig=signal.SIGKILL,
-                               after_rounds=4)
-  assert code == -signal.SIGKILL
+def test_overwrite_removes_the_old_checkpoints(killed_run, tmp_path):
+  folder = _copy(killed_run, tmp_path)
   result = _run(f'--output_dir={folder}', '--output_exists=overwrite',
                 '--num_rounds=2', '--checkpoint_every=0', cwd=tmp_path)
   assert result.returncode == 0, result.stderr
