@@ -2,6 +2,16 @@
 
 FedAvgM, FedAdam, FedYogi and FedAdagrad are :func:`fedavg` with another
 server optimizer (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
+
+Example (an algorithm is pure functions; its server state starts at round 0):
+
+  >>> import jax, optax, fedjax_engine as fe
+  >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
+  >>> fedavgm = fedavg(model, client_optimizer=optax.sgd(0.1),
+  ...                  server_optimizer=optax.sgd(1.0, momentum=0.9))
+  >>> state = fedavgm.init(model.init(jax.random.key(0)))
+  >>> int(state.round), state.params['Dense_0']['kernel'].shape
+  (0, (10, 60))
 """
 
 from fedjax_engine.algorithms.afl import afl as afl

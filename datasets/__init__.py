@@ -7,6 +7,12 @@ Fashion-MNIST, CIFAR) return :class:`Centralized` arrays to split with
 
 Loaders share their names with their modules; reach a module itself with
 ``importlib.import_module('fedjax_engine.datasets.mnist')``.
+
+Example (Synthetic is generated, not downloaded):
+
+  >>> train, test = synthetic(num_clients=5, seed=0)
+  >>> train.num_clients == test.num_clients, train.features['x'].shape[1:]
+  (True, (60,))
 """
 
 from fedjax_engine.datasets import partition as partition

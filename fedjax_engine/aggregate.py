@@ -44,6 +44,19 @@ class Aggregator(NamedTuple):
       all of them (weight 0 for padded and dropped clients, which must not
       count) instead of streaming chunks into a sum. Memory then grows with
       the cohort: ``C`` times the output size on every device.
+
+  Example (a weighted sum, written by hand):
+
+    >>> import jax.numpy as jnp
+    >>> weighted_sum = Aggregator(
+    ...     init=lambda template: jnp.zeros(template.shape, template.dtype),
+    ...     accumulate=lambda acc, x, w: acc + jnp.tensordot(w, x, axes=1),
+    ...     finalize=lambda acc: acc)
+    >>> acc = weighted_sum.init(jnp.zeros(2))
+    >>> acc = weighted_sum.accumulate(acc, jnp.array([[1., 2.], [3., 4.]]),
+    ...                               jnp.array([2., 0.]))
+    >>> weighted_sum.finalize(acc).tolist()
+    [2.0, 4.0]
   """
   init: Callable[[PyTree], PyTree]
   accumulate: Callable[[PyTree, PyTree, Any], PyTree]

@@ -42,7 +42,14 @@ class ServerState(NamedTuple):
 
 
 class RoundInfo(NamedTuple):
-  """Facts about the round, passed to ``server_update``."""
+  """Facts about the round, passed to ``server_update``.
+
+  Example:
+
+    >>> info = RoundInfo(num_clients=3, total_weight=120.0, population=100)
+    >>> info.total_weight / info.num_clients, info.key is None
+    (40.0, True)
+  """
   num_clients: Array    # real (unpadded) clients that took part
   total_weight: Array   # sum of their aggregation weights
   population: Array     # clients in the dataset (int32), e.g. for SCAFFOLD's
@@ -60,6 +67,14 @@ class ClientInfo(NamedTuple):
   padded, dropped or weightless slots, the same array for every client
   of the round. Its order and length are the engine's (padding
   included) and carry no meaning; only the set of ids does.
+
+  Example:
+
+    >>> import numpy as np
+    >>> client = ClientInfo(id=np.int32(7),
+    ...                     cohort=np.array([7, -1, 2, -1], np.int32))
+    >>> sorted(client.cohort[client.cohort >= 0].tolist())
+    [2, 7]
   """
   id: Array       # int32, this client's index in the dataset
   cohort: Array   # [C] int32, the round's participants, -1 elsewhere
@@ -140,7 +155,19 @@ class Algorithm(NamedTuple):
 
 
 def masked_loss(model: Model, params, batch, mask, key, *, train=True):
-  """Mean loss over the unmasked examples, and (sum, count) for reporting."""
+  """Mean loss over the unmasked examples, and (sum, count) for reporting.
+
+  Example (zero params: every class equally likely, a loss of log 3):
+
+    >>> import jax, jax.numpy as jnp, fedjax_engine as fe
+    >>> model = fe.models.logistic_regression(num_features=2, num_classes=3)
+    >>> params = jax.tree.map(jnp.zeros_like, model.init(jax.random.key(0)))
+    >>> batch = {'x': jnp.ones((2, 2)), 'y': jnp.array([0, 1])}
+    >>> loss, reported = masked_loss(model, params, batch,
+    ...                              jnp.array([True, False]), key=None)
+    >>> round(float(loss), 4), float(reported.count)
+    (1.0986, 1.0)
+  """
   outputs = model.apply(params, batch, key=key, train=train)
   per_example = model.loss(outputs, batch)
   weights = mask.astype(per_example.dtype)
@@ -237,6 +264,16 @@ def over_steps(step, carry, batches, example_mask):
   batch a slice, not a per-client gather); clients past their own last busy
   step keep their carry. That is why the engine groups clients of similar
   size into chunks.
+
+  Example (the last step holds no example, so only two steps run):
+
+    >>> import jax.numpy as jnp
+    >>> batches = {'x': jnp.array([[1., 2.], [3., 4.], [5., 6.]])}
+    >>> mask = jnp.array([[True, True], [True, False], [False, False]])
+    >>> def add(total, batch, mask, i):
+    ...   return total + jnp.sum(jnp.where(mask, batch['x'], 0.0))
+    >>> float(over_steps(add, jnp.zeros(()), batches, mask))
+    6.0
   """
   n = busy_steps(example_mask)
   bound = _chunk_steps(n)
@@ -271,6 +308,21 @@ def local_training(model: Model, optimizer: optax.GradientTransformation,
   (the server's), or ``train(..., anchor=w0)`` when given (Ditto pulls a
   personal model toward the server's): its gradient ``mu * (w - w0)`` is
   added to the loss gradient. The reported loss leaves the term out.
+
+  Example (3 steps on the same batch of 4 examples; its loss falls):
+
+    >>> import jax, jax.numpy as jnp, optax, fedjax_engine as fe
+    >>> model = fe.models.logistic_regression(num_features=2, num_classes=2)
+    >>> train = local_training(model, optax.sgd(0.5))
+    >>> batch = {'x': jnp.ones((4, 2)), 'y': jnp.zeros(4, jnp.int32)}
+    >>> batches = jax.tree.map(lambda x: jnp.stack([x] * 3), batch)
+    >>> mask = jnp.ones((3, 4), bool)
+    >>> params = model.init(jax.random.key(0))
+    >>> trained, loss = train(params, batches, mask, jax.random.key(1))
+    >>> before, _ = masked_loss(model, params, batch, mask[0], key=None)
+    >>> after, _ = masked_loss(model, trained, batch, mask[0], key=None)
+    >>> float(loss.count), bool(after < before)
+    (12.0, True)
   """
   grad_fn = loss_grad(model)
 
@@ -302,6 +354,16 @@ def server_optimizer_step(optimizer: optax.GradientTransformation):
   The aggregate is used as a (pseudo-)gradient: ``params <- params +
   optimizer.update(aggregate)``. This is the server side of FedAvg/FedOpt
   (Reddi et al., ICLR 2021, Algorithm 2) and FedSGD.
+
+  Example (``optax.sgd(1.0)`` subtracts the aggregate, FedAvg's step):
+
+    >>> import jax.numpy as jnp, optax
+    >>> init, server_update = server_optimizer_step(optax.sgd(1.0))
+    >>> state = init(jnp.array([1., 2.]))
+    >>> info = RoundInfo(num_clients=2, total_weight=2.0, population=10)
+    >>> state = server_update(state, jnp.array([0.5, -1.]), info)
+    >>> state.params.tolist(), int(state.round)
+    ([0.5, 3.0], 1)
   """
   def init(params):
     return ServerState(params, optimizer.init(params), jnp.zeros((), jnp.int32))

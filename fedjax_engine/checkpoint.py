@@ -27,7 +27,7 @@ Example:
   >>> saved.save(3, state, ())
   >>> rounds, restored, _ = saved.restore(state, ())
   >>> rounds, load_params(folder)['Dense_0']['kernel'].shape
-  (3, (60, 10))
+  (3, (10, 60))
 """
 
 import os

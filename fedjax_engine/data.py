@@ -133,7 +133,17 @@ class FederatedData:
 
 
 class DeviceData(NamedTuple):
-  """The example store as arrays the compiled round can gather from."""
+  """The example store as arrays the compiled round can gather from.
+
+  Example:
+
+    >>> import numpy as np
+    >>> data = FederatedData.from_clients({'a': {'x': np.zeros((3, 2))},
+    ...                                    'b': {'x': np.ones((1, 2))}})
+    >>> store = data.to_device()
+    >>> store.starts.tolist(), store.sizes.tolist(), store.features['x'].shape
+    ([0, 3], [3, 1], (4, 2))
+  """
   features: Mapping[str, Array]
   starts: Array   # [K] int32, first row of each client
   sizes: Array    # [K] int32
@@ -168,6 +178,14 @@ class Batching(NamedTuple):
   cycling through reshuffled epochs of its data) and ``local_epochs`` (every
   client passes over its data that many times, so clients take different
   numbers of batches, padded and masked) is set.
+
+  Example (two epochs of a 20-example client: 5 batches of 8, padded to a
+  step bucket of 6):
+
+    >>> Batching(batch_size=8, local_epochs=2).num_steps(max_client_size=20)
+    6
+    >>> Batching(batch_size=8, local_steps=3).num_steps(max_client_size=20)
+    3
   """
   batch_size: int
   local_steps: int | None = None
@@ -314,6 +332,16 @@ class Cohort(NamedTuple):
   ``batches``/``example_mask`` are present when the cohort was gathered on the
   host; they are ``None`` when the compiled round gathers them itself from a
   ``DeviceData`` store (then only the small per-client arrays travel).
+  :meth:`fedjax_engine.Round.select` makes one.
+
+  Example (clients 4 and 0, of 12 and 7 examples, and a padding slot):
+
+    >>> import numpy as np
+    >>> cohort = Cohort(client_ids=np.array([4, 0, 0], np.int32),
+    ...                 client_mask=np.array([True, True, False]),
+    ...                 weights=np.array([12., 7., 0.], np.float32))
+    >>> int(cohort.client_mask.sum()), cohort.batches is None
+    (2, True)
   """
   client_ids: Array            # [C] int32, index into the FederatedData
   client_mask: Array           # [C] bool, False for padding

@@ -48,7 +48,18 @@ def example_values(metrics, outputs, batch) -> dict:
 
 
 class Evaluator:
-  """Evaluates params on all clients of a dataset; see :func:`make_evaluate`."""
+  """Evaluates params on all clients of a dataset; see :func:`make_evaluate`.
+
+  Example (the examples go to the device at once, the program is compiled
+  at the first call):
+
+    >>> import fedjax_engine as fe
+    >>> _, test = fe.datasets.synthetic(num_clients=8, seed=0)
+    >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
+    >>> evaluate = make_evaluate(model, test, batch_size=32)
+    >>> isinstance(evaluate, Evaluator), evaluate.num_clients
+    (True, 8)
+  """
 
   def __init__(self, model: Model, data: data_lib.FederatedData, *,
                batch_size: int, mesh: Mesh | None):

@@ -53,7 +53,20 @@ _FINETUNE_STREAM = 3
 
 
 class PersonalEvaluator:
-  """Evaluates every client's own model; see :func:`make_personal_evaluate`."""
+  """Evaluates every client's own model; see :func:`make_personal_evaluate`.
+
+  Example (Ditto's personal models, one per client of the dataset):
+
+    >>> import optax, fedjax_engine as fe
+    >>> train, test = fe.datasets.synthetic(num_clients=8, seed=0)
+    >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
+    >>> algo = fe.algorithms.ditto(model, client_optimizer=optax.sgd(0.1),
+    ...                            ditto_lambda=0.5)
+    >>> evaluate = make_personal_evaluate(
+    ...     model, algo, train, test, batching=fe.Batching(8, local_steps=2))
+    >>> isinstance(evaluate, PersonalEvaluator), evaluate.num_clients
+    (True, 8)
+  """
 
   def __init__(self, model: Model, algorithm: algorithm_lib.Algorithm,
                train: data_lib.FederatedData, test: data_lib.FederatedData, *,

@@ -209,6 +209,18 @@ class Round:
   in place: only the cohort's rows travel to the device and back each
   round, and results are the same either way (tested). Fused rounds
   (:meth:`run_rounds`) need the table on the device.
+
+  Example (nothing is compiled before the first call):
+
+    >>> import optax, fedjax_engine as fe
+    >>> train, _ = fe.datasets.synthetic(num_clients=10, seed=0)
+    >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
+    >>> algo = fe.algorithms.fedavg(model, client_optimizer=optax.sgd(0.1))
+    >>> rnd = make_round(algo, train, clients_per_round=3,
+    ...                  batching=fe.Batching(batch_size=8, local_steps=1))
+    >>> cohort = rnd.select([7, 2, 5])
+    >>> sorted(cohort.client_ids[cohort.client_mask].tolist()), rnd.num_compiled
+    ([2, 5, 7], 0)
   """
 
   def __init__(self, algorithm: Algorithm, data: data_lib.FederatedData, *,
@@ -721,6 +733,15 @@ def host_table(algorithm: Algorithm, params, num_clients: int, *,
   Returns:
     The table: the tree of ``init_client_state(params)`` with numpy leaves
     of shape ``[num_clients, ...]``.
+
+  Example (SCAFFOLD's control variates, one row per client):
+
+    >>> import jax, optax, fedjax_engine as fe
+    >>> model = fe.models.logistic_regression(num_features=60, num_classes=10)
+    >>> algo = fe.algorithms.scaffold(model, client_optimizer=optax.sgd(0.1))
+    >>> table = host_table(algo, model.init(jax.random.key(0)), num_clients=100)
+    >>> [leaf.shape for leaf in jax.tree.leaves(table)]
+    [(100, 10), (100, 10, 60)]
   """
   if algorithm.init_client_state is None:
     raise ValueError('the algorithm keeps no client state '

@@ -2,6 +2,16 @@
 
 Every function here is pure and jittable. "Stacked" trees carry a leading axis
 of clients on every leaf, as produced by ``jax.vmap`` over ``client_update``.
+
+Example:
+
+  >>> import jax.numpy as jnp
+  >>> deltas = stack([{'w': jnp.ones(2)}, {'w': jnp.array([3., -1.])}])
+  >>> weighted_sum(deltas, jnp.array([0.75, 0.25]))['w'].tolist()
+  [1.5, 0.5]
+  >>> first, second = unstack(deltas)
+  >>> round(float(l2_norm(sub(second, first))), 4)
+  2.8284
 """
 
 from typing import Any

@@ -184,5 +184,8 @@ def test_ctrl_c_ends_with_one_line_and_intact_metrics(tmp_path):
   assert len(lines) == 1, stderr
   records = [json.loads(l) for l in metrics.read_text().splitlines()]
   assert lines[0] == (f'interrupted after {records[-1]["round"]} rounds; '
-                      f'their metrics are in {metrics}.')
+                      f'their metrics are in {metrics}. A checkpoint is '
+                      'saved: the same command with --resume goes on from '
+                      'it.')
+  assert os.listdir(out / 'checkpoints') == [str(records[-1]['round'])]
   assert [r['round'] for r in records] == list(range(1, len(records) + 1))

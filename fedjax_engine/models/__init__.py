@@ -1,4 +1,13 @@
-"""Model zoo: each factory returns a :class:`fedjax_engine.Model`."""
+"""Model zoo: each factory returns a :class:`fedjax_engine.Model`.
+
+Example:
+
+  >>> import jax, jax.numpy as jnp
+  >>> model = logistic_regression(num_features=4, num_classes=3)
+  >>> params = model.init(jax.random.key(0))
+  >>> model.apply(params, {'x': jnp.ones((2, 4))}).shape
+  (2, 3)
+"""
 
 from fedjax_engine.models import sequence as sequence
 from fedjax_engine.models.cnn import emnist_cnn as emnist_cnn
