@@ -40,10 +40,12 @@ class Aggregator(NamedTuple):
     finalize: ``finalize(acc) -> aggregate``.
     whole_cohort: the aggregate is not a sum over clients (a median, Krum):
       the engine then keeps every client output of the round, ``[C, ...]``
-      with ``C`` the padded cohort size, and calls ``accumulate`` once with
-      all of them (weight 0 for padded and dropped clients, which must not
-      count) instead of streaming chunks into a sum. Memory then grows with
-      the cohort: ``C`` times the output size on every device.
+      with ``C`` the padded cohort size, and calls ``accumulate(acc,
+      outputs, weights, ids)`` once with all of them (weight 0 for padded
+      and dropped clients, which must not count; ``ids`` ``[C]`` int32
+      the clients', so a rule can say whom it left out) instead of
+      streaming chunks into a sum. Memory then grows with the cohort: ``C``
+      times the output size on every device.
 
   Example (a weighted sum, written by hand):
 
@@ -102,15 +104,15 @@ def coordinate_median() -> Aggregator:
     >>> agg = coordinate_median()
     >>> acc = agg.accumulate(agg.init(jnp.zeros(2)), jnp.array(
     ...     [[1., 5.], [2., -1.], [100., 0.], [7., 7.]]),
-    ...     jnp.array([1., 1., 1., 0.]))
+    ...     jnp.array([1., 1., 1., 0.]), jnp.arange(4))
     >>> agg.finalize(acc).tolist()
     [2.0, 0.0]
   """
   def init(template):
     return jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), template)
 
-  def accumulate(acc, outputs, weights):
-    del acc   # called once, with every client
+  def accumulate(acc, outputs, weights, ids):
+    del acc, ids   # called once, with every client
     counted = weights > 0
     anyone = jnp.any(counted)
 
@@ -123,3 +125,11 @@ def coordinate_median() -> Aggregator:
     return jax.tree.map(median, outputs)
 
   return Aggregator(init, accumulate, lambda acc: acc, whole_cohort=True)
+
+
+def accumulate_all(aggregator: Aggregator, acc, outputs, weights, ids):
+  """``aggregator``'s ``accumulate`` over a whole cohort at once, with the
+  clients' ``ids`` if it is a whole-cohort aggregator (which takes them)."""
+  if aggregator.whole_cohort:
+    return aggregator.accumulate(acc, outputs, weights, ids)
+  return aggregator.accumulate(acc, outputs, weights)

@@ -454,7 +454,7 @@ def alie(base_aggregator: aggregate_lib.Aggregator, *,
   def init(template):
     return base_aggregator.init(template[0])
 
-  def accumulate(acc, outputs, weights):
+  def accumulate(acc, outputs, weights, ids):
     updates, flags = outputs
     real = weights > 0
     attacker = real & (flags > 0)
@@ -471,8 +471,8 @@ def alie(base_aggregator: aggregate_lib.Aggregator, *,
                        count.astype(x.dtype))
       return jnp.where(expand(attacker), mu - z * sigma, x)
 
-    return base_aggregator.accumulate(acc, jax.tree.map(replace, updates),
-                                      weights)
+    return aggregate_lib.accumulate_all(
+        base_aggregator, acc, jax.tree.map(replace, updates), weights, ids)
 
   return aggregate_lib.Aggregator(init, accumulate, base_aggregator.finalize,
                                   whole_cohort=True)

@@ -109,10 +109,11 @@ def diagnostics(aggregator: aggregate_lib.Aggregator) -> Transform:
                      template.unit),
         jnp.zeros((NUM_BINS,), jnp.float32))
 
-  def accumulate(acc, sent, weights):
+  def accumulate(acc, sent, weights, *ids):
+    # ``ids`` come (one array) when the wrapped reduction is whole-cohort.
     counted = (weights > 0).astype(jnp.float32)
     return DiagnosticsAcc(
-        aggregator.accumulate(acc.inner, sent.output, weights),
+        aggregator.accumulate(acc.inner, sent.output, weights, *ids),
         tree.add(acc.unit, tree.weighted_sum(sent.unit, counted)),
         acc.counts + counted @ sent.bin)
 

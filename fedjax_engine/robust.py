@@ -64,8 +64,9 @@ geometric median), their total over rounds, and the number of degraded
 rounds (below the rule's minimum, or trimming nothing because ``floor(beta
 n) = 0``). The aggregator hands them to the server inside its accumulator;
 the transform's server part finalizes the reduction and keeps them, and
-every round logs ``robust_discarded`` and ``robust_degraded_rounds`` from
-them (``Transform.metrics``).
+every round logs ``robust_discarded``, ``robust_discarded_ids`` (which
+clients: the aggregator gets the cohort's ids with its outputs) and
+``robust_degraded_rounds`` from them (``Transform.metrics``).
 
 Memory: a whole-cohort rule keeps every output of the round on every
 device, ``C * P * s`` bytes for ``C`` clients (padded) of ``P`` values of
@@ -82,7 +83,8 @@ Example (one outlier among five clients, a padded row of weight 0):
   >>> agg = trimmed_mean(trim_fraction=0.2)
   >>> outputs = jnp.array([[1.], [2.], [3.], [4.], [100.], [7.]])
   >>> weights = jnp.array([1., 1., 1., 1., 1., 0.])
-  >>> acc = agg.accumulate(agg.init(jnp.zeros(1)), outputs, weights)
+  >>> acc = agg.accumulate(agg.init(jnp.zeros(1)), outputs, weights,
+  ...                      jnp.arange(6))
   >>> agg.finalize(acc).tolist()
   [3.0]
 """
@@ -106,15 +108,16 @@ AGGREGATORS = ('mean', 'median', 'trimmed_mean', 'krum', 'multi_krum',
 
 
 class RobustAcc(NamedTuple):
-  """The accumulator of this module's aggregators: the aggregate, and what
-  the round left out (see :class:`RobustState`), both int32 scalars."""
+  """The accumulator of this module's aggregators: the aggregate, the ids
+  of the real clients the rule left out (``[C]`` int32, -1 elsewhere) and
+  whether the round was degraded (see :class:`RobustState`)."""
   aggregate: PyTree
-  discarded: Array
+  left_out: Array
   degraded: Array
 
 
 class RobustState(NamedTuple):
-  """The server-side state of :func:`as_transform` (int32 scalars).
+  """The server-side state of :func:`as_transform` (int32).
 
   Attributes:
     discarded: real clients left out of the last round's aggregate.
@@ -122,10 +125,13 @@ class RobustState(NamedTuple):
     degraded_rounds: rounds in which the rule fell short: fewer real
       clients than it needs (the median was taken instead), or a trimmed
       mean that trimmed nothing.
+    discarded_ids: ``[max_reported]``, the smallest ids of the clients
+      left out of the last round, ascending, -1 after them.
   """
   discarded: Array
   total_discarded: Array
   degraded_rounds: Array
+  discarded_ids: Array
 
 
 def _is_int(value) -> bool:
@@ -153,8 +159,9 @@ def _rule_aggregator(rule: Callable, *, minimum: int | None = None,
   (vectors, discarded, degraded)``.
 
   ``rows`` holds each leaf of the outputs as ``[C, size]`` in float32 or
-  wider, ``counted`` the clients of weight > 0, and ``vectors`` one
-  ``[size]`` result per leaf. With ``minimum``, a cohort of fewer rows is
+  wider, ``counted`` the clients of weight > 0, ``vectors`` one ``[size]``
+  result per leaf and ``discarded`` which rows the rule left out (bool
+  ``[C]``). With ``minimum``, a cohort of fewer rows is
   refused when traced, and a round of fewer real clients takes the
   coordinate-wise median instead (``name`` names the rule in the error).
   """
@@ -162,10 +169,10 @@ def _rule_aggregator(rule: Callable, *, minimum: int | None = None,
 
   def init(template):
     zeros = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), template)
-    return RobustAcc(zeros, jnp.zeros((), jnp.int32),
+    return RobustAcc(zeros, jnp.zeros((0,), jnp.int32),
                      jnp.zeros((), jnp.int32))
 
-  def accumulate(acc, outputs, weights):
+  def accumulate(acc, outputs, weights, ids):
     del acc   # called once, with every client
     leaves, treedef = jax.tree.flatten(outputs)
     rows = [x.reshape(x.shape[0], -1).astype(
@@ -182,10 +189,10 @@ def _rule_aggregator(rule: Callable, *, minimum: int | None = None,
             'or assume fewer Byzantine ones.')
 
       def fallback(rows, counted, weights):
-        del counted
         vectors = median.finalize(median.accumulate(
-            median.init([r[0] for r in rows]), rows, weights))
-        return vectors, jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32)
+            median.init([r[0] for r in rows]), rows, weights, ids))
+        return (vectors, jnp.zeros(counted.shape, bool),
+                jnp.ones((), jnp.int32))
 
       vectors, discarded, degraded = jax.lax.cond(
           n >= minimum, rule, fallback, rows, counted, weights)
@@ -194,7 +201,7 @@ def _rule_aggregator(rule: Callable, *, minimum: int | None = None,
     aggregate = jax.tree.unflatten(treedef, [
         v.reshape(x.shape[1:]).astype(x.dtype)
         for v, x in zip(vectors, leaves)])
-    return RobustAcc(aggregate, jnp.asarray(discarded, jnp.int32),
+    return RobustAcc(aggregate, jnp.where(discarded & counted, ids, -1),
                      jnp.asarray(degraded, jnp.int32))
 
   return aggregate_lib.Aggregator(init, accumulate, _finalize,
@@ -255,7 +262,7 @@ def trimmed_mean(*, trim_fraction: float) -> aggregate_lib.Aggregator:
       return jnp.sum(values, axis=0) / jnp.maximum(n - 2 * cut, 1).astype(
           x.dtype)
 
-    return ([trim(x) for x in rows], jnp.zeros((), jnp.int32),
+    return ([trim(x) for x in rows], jnp.zeros(size, bool),
             (cut == 0) & (beta > 0))
 
   return _rule_aggregator(rule)
@@ -333,9 +340,10 @@ def krum(*, num_byzantine: int,
     >>> agg = krum(num_byzantine=1)
     >>> outputs = jnp.array([[0., 0.], [1., 0.], [0., 3.], [2., 1.],
     ...                      [10., 10.]])
-    >>> acc = agg.accumulate(agg.init(jnp.zeros(2)), outputs, jnp.ones(5))
-    >>> agg.finalize(acc).tolist()
-    [1.0, 0.0]
+    >>> ids = jnp.array([10, 11, 12, 13, 14])
+    >>> acc = agg.accumulate(agg.init(jnp.zeros(2)), outputs, jnp.ones(5), ids)
+    >>> agg.finalize(acc).tolist(), acc.left_out.tolist()
+    ([1.0, 0.0], [10, -1, 12, 13, 14])
   """
   f = _check_count('num_byzantine', num_byzantine, 0)
   m = _check_count('num_selected', num_selected, 1)
@@ -352,7 +360,7 @@ def krum(*, num_byzantine: int,
     # A non-finite output is chosen only past every finite one (more
     # attackers than f); it is then left out rather than spoiling the mean.
     return ([_masked_mean(x, chosen & finite) for x in rows],
-            n - jnp.minimum(m, n), jnp.zeros((), jnp.int32))
+            ~(chosen & finite), jnp.zeros((), jnp.int32))
 
   name = 'krum' if m == 1 else f'multi-krum (num_selected={m})'
   return _rule_aggregator(rule, minimum=2 * f + 3,
@@ -409,7 +417,7 @@ def bulyan(*, num_byzantine: int) -> aggregate_lib.Aggregator:
       kept = jnp.where(jnp.arange(size)[:, None] < keep, by_gap, 0)
       return jnp.sum(kept, axis=0) / keep.astype(x.dtype)
 
-    return ([nearest_to_median(x) for x in rows], n - theta,
+    return ([nearest_to_median(x) for x in rows], ~chosen,
             jnp.zeros((), jnp.int32))
 
   return _rule_aggregator(rule, minimum=4 * f + 3,
@@ -463,8 +471,8 @@ def geometric_median(*, iterations: int = 10,
                               for x, v in zip(rows, z)))
       return mean(weights / jnp.maximum(distance, nu))
 
-    zero = jnp.zeros((), jnp.int32)
-    return jax.lax.fori_loop(0, steps, step, mean(weights)), zero, zero
+    return (jax.lax.fori_loop(0, steps, step, mean(weights)),
+            jnp.zeros(counted.shape, bool), jnp.zeros((), jnp.int32))
 
   return _rule_aggregator(rule)
 
@@ -509,8 +517,8 @@ def norm_bounded_mean(*, max_norm: float) -> aggregate_lib.Aggregator:
   return aggregate_lib.Aggregator(mean.init, accumulate, mean.finalize)
 
 
-def as_transform(aggregator: aggregate_lib.Aggregator
-                 ) -> transforms_lib.Transform:
+def as_transform(aggregator: aggregate_lib.Aggregator, *,
+                 max_reported: int = 32) -> transforms_lib.Transform:
   """A transform that installs ``aggregator`` as the reduction over clients,
   leaving the outputs as they are.
 
@@ -525,8 +533,14 @@ def as_transform(aggregator: aggregate_lib.Aggregator
   replaces the reduction itself (an attack built on the defense's
   aggregator) leaves this transform's state unchanged.
 
+  Every round logs ``robust_discarded`` (how many real clients the rule
+  left out), ``robust_discarded_ids`` (which: the smallest
+  ``max_reported`` of their ids) and ``robust_degraded_rounds``.
+
   Args:
     aggregator: the reduction, e.g. ``krum(num_byzantine=2)``.
+    max_reported: how many left-out ids a round reports (the server
+      state holds that many).
 
   Returns:
     A :class:`fedjax_engine.transforms.Transform`.
@@ -548,22 +562,33 @@ def as_transform(aggregator: aggregate_lib.Aggregator
     return transforms_lib.Transform(client=_pass_client,
                                     aggregator=aggregator)
 
+  reported = _check_count('max_reported', max_reported, 1)
+
   def init(params):
     del params
-    # Three arrays, not one thrice: the engine donates the server state, and
-    # a buffer cannot be donated twice.
-    return RobustState(*(jnp.zeros((), jnp.int32) for _ in range(3)))
+    # Separate arrays, not one thrice: the engine donates the server state,
+    # and a buffer cannot be donated twice.
+    return RobustState(*(jnp.zeros((), jnp.int32) for _ in range(3)),
+                       jnp.full((reported,), -1, jnp.int32))
 
   def server(state, acc, info):
     del info
     if not isinstance(acc, RobustAcc):
       return acc, state
+    discarded = jnp.sum(acc.left_out >= 0).astype(jnp.int32)
+    # Ascending ids, the -1 of kept and padded clients after them.
+    ids = jnp.sort(jnp.where(acc.left_out >= 0, acc.left_out,
+                             jnp.iinfo(jnp.int32).max))
+    ids = jnp.pad(ids, (0, max(reported - ids.shape[0], 0)),
+                  constant_values=jnp.iinfo(jnp.int32).max)[:reported]
     return acc.aggregate, RobustState(
-        acc.discarded, state.total_discarded + acc.discarded,
-        state.degraded_rounds + acc.degraded)
+        discarded, state.total_discarded + discarded,
+        state.degraded_rounds + acc.degraded,
+        jnp.where(ids == jnp.iinfo(jnp.int32).max, -1, ids))
 
   def metrics(state):
     return {'robust_discarded': state.discarded.astype(jnp.float32),
+            'robust_discarded_ids': state.discarded_ids,
             'robust_degraded_rounds': state.degraded_rounds.astype(
                 jnp.float32)}
 
@@ -578,7 +603,8 @@ def as_transform(aggregator: aggregate_lib.Aggregator
 def transforms_from_flags(*, aggregator: str = 'mean',
                           trim_fraction: float | None = None,
                           num_byzantine: int | None = None,
-                          num_selected: int | None = None
+                          num_selected: int | None = None,
+                          max_reported: int = 32
                           ) -> list[transforms_lib.Transform]:
   """The transforms for command-line flags ``--robust_aggregator``,
   ``--trim_fraction``, ``--num_byzantine`` and ``--multi_krum_selected``.
@@ -592,6 +618,8 @@ def transforms_from_flags(*, aggregator: str = 'mean',
     trim_fraction: ``beta`` of ``'trimmed_mean'``, in ``[0, 0.5)``.
     num_byzantine: ``f`` of ``'krum'``, ``'multi_krum'`` and ``'bulyan'``.
     num_selected: ``m`` of ``'multi_krum'``.
+    max_reported: left-out client ids reported a round (the cohort size
+      reports them all).
 
   Returns:
     A list of transforms, empty for ``'mean'``. Parameters the chosen
@@ -627,4 +655,4 @@ def transforms_from_flags(*, aggregator: str = 'mean',
     reduction = bulyan(num_byzantine=needed('num_byzantine', num_byzantine))
   else:
     reduction = geometric_median()
-  return [as_transform(reduction)]
+  return [as_transform(reduction, max_reported=max_reported)]

@@ -136,11 +136,16 @@ class _DeferredInterrupt:
 
 
 def _to_python(metrics: dict) -> dict:
-  """Host numbers: integers stay integers, non-finite floats stay floats."""
+  """Host numbers: integers stay integers, non-finite floats stay floats,
+  and an array of ids (``robust_discarded_ids``) becomes a list without its
+  empty (-1) slots."""
   out = {}
   for k, v in metrics.items():
     v = np.asarray(v)
-    out[k] = int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
+    if v.ndim:
+      out[k] = [int(x) for x in v if x >= 0]
+    else:
+      out[k] = int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
   return out
 
 

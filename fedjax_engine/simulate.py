@@ -656,7 +656,8 @@ class Round:
         metric_acc, (new_states, outputs) = chunked(
             keep_outputs, acc0[1], chunks, self.num_chunks)
         everyone = jax.lax.all_gather(
-            (merge_chunks(outputs), per_client['weights']), AXIS, tiled=True)
+            (merge_chunks(outputs), per_client['weights'],
+             per_client['client_ids']), AXIS, tiled=True)
         acc = (algo.aggregator.accumulate(acc0[0], *everyone), metric_acc)
       else:
         acc, new_states = chunked(body, acc0, chunks, self.num_chunks)

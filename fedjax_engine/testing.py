@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedjax_engine import aggregate as aggregate_lib
 from fedjax_engine import algorithm as algorithm_lib
 from fedjax_engine import data as data_lib
 from fedjax_engine import sampling
@@ -66,7 +67,7 @@ def round_key(r: int):
   return jax.random.fold_in(jax.random.key(42), r)
 
 
-def _aggregate(aggregator, outputs, weights):
+def _aggregate(aggregator, outputs, weights, ids):
   """The clients' outputs combined: a float64 weighted mean for the default
   aggregator, else ``aggregator`` over all of them at once."""
   if aggregator is algorithm_lib.WEIGHTED_MEAN:
@@ -74,10 +75,10 @@ def _aggregate(aggregator, outputs, weights):
         lambda *xs: np.tensordot(weights, np.stack(xs).astype(np.float64), 1)
         / weights.sum(), *outputs)
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), mean)
-  return aggregator.finalize(aggregator.accumulate(
-      aggregator.init(outputs[0]),
+  return aggregator.finalize(aggregate_lib.accumulate_all(
+      aggregator, aggregator.init(outputs[0]),
       jax.tree.map(lambda *xs: np.stack(xs), *outputs),
-      jnp.asarray(weights, jnp.float32)))
+      jnp.asarray(weights, jnp.float32), jnp.asarray(ids, jnp.int32)))
 
 
 def reference_rounds(algorithm: Algorithm, model: Model,
@@ -129,7 +130,7 @@ def reference_rounds(algorithm: Algorithm, model: Model,
       sent = [jax.device_get(algorithm.prepare.client(
           state, *client_inputs(i, client))) for i, client in enumerate(ids)]
       state = algorithm.prepare.server(
-          state, _aggregate(algorithm.prepare.aggregator, sent, weights),
+          state, _aggregate(algorithm.prepare.aggregator, sent, weights, ids),
           info)
     participants = jnp.asarray(np.where(weights > 0, ids, -1), jnp.int32)
     outputs, loss_total, loss_count = [], 0.0, 0.0
@@ -147,7 +148,7 @@ def reference_rounds(algorithm: Algorithm, model: Model,
         loss_total += float(metrics['train_loss'].total)
         loss_count += float(metrics['train_loss'].count)
     state = algorithm.server_update(
-        state, _aggregate(algorithm.aggregator, outputs, weights), info)
+        state, _aggregate(algorithm.aggregator, outputs, weights, ids), info)
     history.append({'train_loss': loss_total / max(loss_count, 1.0),
                     'clients': len(ids)})
   return (state, table), history

@@ -557,7 +557,8 @@ def _with_transforms(algorithm, train, test, num_classes):
   # A factory's ValueError names its bad value; main() reports it.
   stages += robust.transforms_from_flags(
       aggregator=f.robust_aggregator, trim_fraction=f.trim_fraction,
-      num_byzantine=f.num_byzantine, num_selected=f.multi_krum_selected)
+      num_byzantine=f.num_byzantine, num_selected=f.multi_krum_selected,
+      max_reported=f.clients_per_round)
   if f.attack != 'none':
     defended = transforms.apply(algorithm, *stages).aggregator
     stages += attacks.transforms_from_flags(

@@ -393,7 +393,7 @@ def _alie_aggregate(base, order=None):
   template = jax.tree.map(lambda x: x[0], (updates, jnp.asarray(FLAGS)))
   return agg.finalize(agg.accumulate(
       agg.init(template), (updates, jnp.asarray(FLAGS[order])),
-      jnp.asarray(WEIGHTS[order])))
+      jnp.asarray(WEIGHTS[order]), jnp.asarray(order, jnp.int32)))
 
 
 def test_alie_mu_minus_z_sigma_by_hand():
@@ -444,7 +444,7 @@ def test_alie_default_z_and_aggregator():
   assert [float(s[0][1]) for s in sent] == [0, 1, 0, 1]
   outputs = (rows, jnp.stack([s[0][1] for s in sent]))
   result = agg.finalize(agg.accumulate(agg.init((rows[0], outputs[1][0])),
-                                       outputs, jnp.ones(4)))
+                                       outputs, jnp.ones(4), jnp.arange(4)))
   # Median of [0, 2, 0.3255102, 0.3255102] = 0.3255102.
   np.testing.assert_allclose(result, [1 - 0.6744898], rtol=1e-6)
 

@@ -102,6 +102,10 @@ def test_cli_logs_diagnostics(tmp_path):
   with open(out / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   assert [r['robust_discarded'] for r in records] == [4, 4]
+  # Which clients: 4 distinct ids of the 20 each round.
+  for r in records:
+    ids = r['robust_discarded_ids']
+    assert len(set(ids)) == 4 and all(0 <= i < 20 for i in ids)
   assert all(-1 <= r['update_cosine'] <= 1 for r in records)
   assert all(r['update_norm_max'] > 0 for r in records)
 

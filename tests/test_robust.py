@@ -24,9 +24,18 @@ def _reduce(agg, outputs, weights):
   outputs = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), outputs)
   template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                           outputs)
+  size = len(weights)
   acc = jax.jit(agg.accumulate)(agg.init(template), outputs,
-                                jnp.asarray(weights, jnp.float32))
+                                jnp.asarray(weights, jnp.float32),
+                                jnp.arange(100, 100 + size, dtype=jnp.int32))
   return jax.device_get(acc)
+
+
+def _discarded(acc):
+  """How many real clients the rule left out (their ids are 100 + row)."""
+  ids = np.asarray(acc.left_out)
+  assert set(ids[ids >= 0].tolist()) <= set(range(100, 100 + ids.size))
+  return int(np.sum(ids >= 0))
 
 
 def _points(rows):
@@ -56,7 +65,7 @@ def test_trimmed_mean_by_hand():
   # (0+0+1+1)/4; b: 10 20 30 40 50 inf -> (20+30+40+50)/4.
   np.testing.assert_allclose(acc.aggregate['a'], [3.5, 0.5], rtol=1e-6)
   np.testing.assert_allclose(acc.aggregate['b'], 35.0, rtol=1e-6)
-  assert (int(acc.discarded), int(acc.degraded)) == (0, 0)
+  assert (_discarded(acc), int(acc.degraded)) == (0, 0)
 
 
 def test_trimmed_mean_counts_a_round_that_trims_nothing():
@@ -101,7 +110,7 @@ def test_krum_and_multi_krum_by_hand(num_selected, expected):
                 _points(KRUM_ROWS), KRUM_WEIGHTS)
   np.testing.assert_allclose(_as_point(acc.aggregate), expected, rtol=1e-6,
                              atol=1e-7)
-  assert int(acc.discarded) == 5 - num_selected
+  assert _discarded(acc) == 5 - num_selected
   assert int(acc.degraded) == 0
 
 
@@ -125,7 +134,7 @@ def test_krum_small_round_takes_the_median():
   weights[6] = 0
   acc = _reduce(robust.krum(num_byzantine=1), _points(KRUM_ROWS), weights)
   np.testing.assert_allclose(_as_point(acc.aggregate), [0.5, 0.5])
-  assert (int(acc.discarded), int(acc.degraded)) == (0, 1)
+  assert (_discarded(acc), int(acc.degraded)) == (0, 1)
 
 
 def test_krum_cohort_too_small_raises():
@@ -157,7 +166,7 @@ def test_bulyan_by_hand():
                 BULYAN_WEIGHTS)
   np.testing.assert_allclose(_as_point(acc.aggregate), [2.25, 0.5],
                              rtol=1e-6)
-  assert (int(acc.discarded), int(acc.degraded)) == (2, 0)
+  assert (_discarded(acc), int(acc.degraded)) == (2, 0)
 
 
 def test_bulyan_without_byzantine_clients_is_the_uniform_mean():
@@ -239,8 +248,11 @@ def test_order_and_padding_change_nothing(name):
     got = _reduce(RULES[name](), jax.tree.map(lambda x: x[rows][order],
                                               outputs),
                   np.where(rows < len(real), weights[rows], 0)[order])
-    testing.assert_trees_close(got, want, f'{name}, {num_padded} padded',
-                               rtol=1e-5, atol=1e-6)
+    testing.assert_trees_close(got.aggregate, want.aggregate,
+                               f'{name}, {num_padded} padded', rtol=1e-5,
+                               atol=1e-6)
+    assert (_discarded(got), int(got.degraded)) == (_discarded(want),
+                                                    int(want.degraded))
 
 
 @pytest.mark.parametrize('name', sorted(RULES))
@@ -289,15 +301,21 @@ def test_transforms_from_flags():
     assert isinstance(transform.init(None), robust.RobustState), name
 
 
-def test_server_keeps_counts_and_passes_foreign_aggregates():
-  transform = robust.as_transform(robust.krum(num_byzantine=1))
+def test_server_keeps_counts_and_ids_and_passes_foreign_aggregates():
+  transform = robust.as_transform(robust.krum(num_byzantine=1),
+                                  max_reported=3)
   state = transform.init(None)
-  acc = robust.RobustAcc({'w': jnp.ones(2)}, jnp.int32(3), jnp.int32(1))
+  acc = robust.RobustAcc({'w': jnp.ones(2)}, jnp.array([5, -1, 3, 9, 4]),
+                         jnp.int32(1))
   aggregate_tree, state = transform.server(state, acc, None)
+  assert state.discarded_ids.tolist() == [3, 4, 5]   # the smallest 3 of 4
   aggregate_tree, state = transform.server(state, acc._replace(
-      discarded=jnp.int32(2), degraded=jnp.int32(0)), None)
+      left_out=jnp.array([-1, 7, 2, -1, -1]), degraded=jnp.int32(0)), None)
   np.testing.assert_array_equal(aggregate_tree['w'], [1., 1.])
-  assert [int(x) for x in state] == [2, 5, 1]
+  assert [int(x) for x in state[:3]] == [2, 6, 1]
+  metrics = transform.metrics(state)
+  assert metrics['robust_discarded_ids'].tolist() == [2, 7, -1]
+  assert float(metrics['robust_discarded']) == 2
   # A later transform that replaced the reduction hands a plain aggregate.
   plain, same = transform.server(state, {'w': jnp.zeros(2)}, None)
   np.testing.assert_array_equal(plain['w'], [0., 0.])
@@ -326,7 +344,11 @@ def test_engine_round_equals_a_loop(flags, discarded):
   batching = fe.Batching(batch_size=4, local_steps=3)
   (want, _), _ = testing.reference_rounds(algorithm, model, data, cohorts,
                                           batching=batching)
-  assert [int(x) for x in want.extra[0]] == [discarded, 2 * discarded, 0]
+  assert [int(x) for x in want.extra[0][:3]] == [discarded, 2 * discarded,
+                                                  0]
+  # Which clients: the last round's left-out ids are some of its cohort.
+  left_out = [int(x) for x in want.extra[0].discarded_ids if x >= 0]
+  assert len(left_out) == discarded and set(left_out) <= set(cohorts[1])
   devices = np.array(jax.devices())
   for num_devices, size in ((len(devices), 8), (1, 11)):
     rnd = simulate.make_round(
