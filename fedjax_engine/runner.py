@@ -102,7 +102,7 @@ class Interrupted(KeyboardInterrupt):
     self.checkpointed = checkpointed
 
 
-class _DeferredInterrupt:
+class DeferredInterrupt:
   """Holds Ctrl-C (SIGINT) and SIGTERM back until the loop checks
   ``requested``.
 
@@ -135,7 +135,7 @@ class _DeferredInterrupt:
         signal.signal(sig, handler)
 
 
-def _to_python(metrics: dict) -> dict:
+def to_python(metrics: dict) -> dict:
   """Host numbers: integers stay integers, non-finite floats stay floats,
   and an array of ids (``robust_discarded_ids``) becomes a list without its
   empty (-1) slots."""
@@ -158,7 +158,7 @@ def _all_finite(tree) -> jax.Array:
 _WATCHED = ('train_loss', 'test_loss')
 
 
-def _nonfinite(records, params) -> Diverged | None:
+def nonfinite(records, params) -> Diverged | None:
   """The first round of ``records`` with a non-finite loss, or non-finite
   params after the last one."""
   last = records[-1]['round']
@@ -359,14 +359,14 @@ def run_experiment(algorithm: Algorithm, model: Model,
                     dynamic_ncols=True)
 
   def scores(server_state, client_states, rounds_done):
-    out = _to_python(evaluate(server_state.params))
+    out = to_python(evaluate(server_state.params))
     if personal is not None:
       per_client = personal.per_client(server_state, client_states)
       out.update(personal_evaluate.summarize(per_client))
       if output_dir:
         _write_per_client(output_dir, train.client_ids, per_client)
     for name, more in more_evaluates.items():
-      out.update({f'{name}_{k}': v for k, v in _to_python(
+      out.update({f'{name}_{k}': v for k, v in to_python(
           more(server_state.params)).items()})
     out = {f'test_{k}': v for k, v in out.items()}
     if at_evaluation is not None:
@@ -374,7 +374,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
     return out
 
   warned = False
-  with _DeferredInterrupt() as interrupt:
+  with DeferredInterrupt() as interrupt:
     try:
       if num_rounds == 0 and evaluate is not None:
         record = {'round': 0, **scores(server_state, client_states, 0)}
@@ -405,7 +405,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
               server_state, client_states, rnd.select(sampler(r)),
               jax.random.fold_in(rounds_key, r))
           per_round = [metrics]
-        records = [{'round': r + i + 1, **_to_python(m)}
+        records = [{'round': r + i + 1, **to_python(m)}
                    for i, m in enumerate(per_round)]
         if profiling:
           jax.block_until_ready((server_state, client_states))
@@ -429,7 +429,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
           checkpoints.save(r, server_state, client_states)
         if interrupt.requested:
           raise Interrupted(r, history, checkpointed=checkpoints is not None)
-        diverged = _nonfinite(records, server_state.params)
+        diverged = nonfinite(records, server_state.params)
         if diverged and on_nonfinite == 'stop':
           raise diverged
         if diverged and not warned:

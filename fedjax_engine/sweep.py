@@ -134,7 +134,7 @@ def run_sweep(algorithm: Algorithm, model: Model,
                     desc=f'{len(seeds)} seeds')
   histories = [[] for _ in seeds]
   r = 0
-  with runner._DeferredInterrupt() as interrupt:  # pylint: disable=protected-access
+  with runner.DeferredInterrupt() as interrupt:
     try:
       while r < num_rounds:
         to_eval = eval_every - r % eval_every if eval_every else num_rounds
@@ -150,19 +150,19 @@ def run_sweep(algorithm: Algorithm, model: Model,
             eval_every and end % eval_every == 0))
         for i, seed in enumerate(seeds):
           records = [{'round': r + j + 1,
-                      **runner._to_python({k: v[i, j] for k, v in  # pylint: disable=protected-access
+                      **runner.to_python({k: v[i, j] for k, v in
                                            metrics.items()}),
                       'seconds': seconds} for j in range(n)]
           params = _run(server_states.params, i)
           if evaluating:
-            records[-1].update({f'test_{k}': v for k, v in runner._to_python(  # pylint: disable=protected-access
+            records[-1].update({f'test_{k}': v for k, v in runner.to_python(
                 evaluate(params)).items()})
             if at_evaluation is not None:
               records[-1].update(at_evaluation(end))
           if sinks:
             sinks[i].write(records)
           histories[i].extend(records)
-          diverged = runner._nonfinite(records, params)  # pylint: disable=protected-access
+          diverged = runner.nonfinite(records, params)
           if diverged:
             raise runner.Diverged(diverged.round,
                                   f'{diverged.what} (seed {seed})', end)
