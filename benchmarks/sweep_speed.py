@@ -8,11 +8,17 @@ process:
 * ``solo``: ``fedjax_engine.runner.run_experiment`` once per seed;
 * ``sweep``: ``fedjax_engine.sweep.run_sweep`` with every seed at once.
 
-It checks that both give each seed the same final train loss (to float
+With ``--client_lrs`` the runs are every client learning rate with every
+seed (the rates traced from the server state,
+``fedjax_engine.hyperparameters``), against the same runs one after
+another, each with its rate as a constant.
+
+It checks that both give each run the same final train loss (to float
 rounding) and reports the wall times, their ratio and the compiled
 programs' share of them (the first call of each).
 
   python benchmarks/sweep_speed.py            # logistic and 2NN, ~5 min
+  python benchmarks/sweep_speed.py --num_seeds=2 --client_lrs=0.02,0.05,0.1,0.2
   python benchmarks/sweep_speed.py --quick    # smoke test
 """
 
@@ -23,6 +29,7 @@ import time
 from absl import app
 from absl import flags
 import numpy as np
+import optax
 
 import fedjax_engine as fe
 from fedjax_engine import runner
@@ -43,6 +50,8 @@ flags.DEFINE_integer('clients_per_round', 10, 'Clients per round.',
 flags.DEFINE_integer('rounds', 100, 'Rounds per seed.', lower_bound=1)
 flags.DEFINE_integer('rounds_per_call', 10, 'Rounds fused per call.',
                      lower_bound=1)
+flags.DEFINE_list('client_lrs', [], 'A learning-rate grid: every rate with '
+                  'every seed (default: the workloads\' rate only).')
 flags.DEFINE_bool('quick', False, 'Smoke test: 2 seeds, 4 rounds.')
 flags.DEFINE_string('out', None, 'JSON output (markdown beside it); default '
                     'results/sweep_speed.json.')
@@ -50,7 +59,13 @@ flags.DEFINE_integer('cpu_devices', 0, 'JAX CPU devices; 0: one per core.',
                      lower_bound=0)
 
 
-def _time(name, seeds, rounds):
+def _fedavg(setup, client_lr):
+  return fe.algorithms.fedavg(setup.model,
+                              client_optimizer=optax.sgd(client_lr),
+                              server_optimizer=optax.sgd(wl.SERVER_LR))
+
+
+def _time(name, seeds, rounds, lrs):
   setup = wl.build(wl.WORKLOADS[name])
   test = setup.train   # evaluation is not what is timed; any clients do
   kwargs = dict(batching=setup.batching,
@@ -58,19 +73,31 @@ def _time(name, seeds, rounds):
                 num_rounds=rounds, eval_every=0,
                 rounds_per_call=FLAGS.rounds_per_call, progress=False)
   start = time.perf_counter()
-  solo = [runner.run_experiment(setup.algorithm, setup.model, setup.train,
-                                test, seed=s, **kwargs) for s in seeds]
+  if lrs:
+    solo = [runner.run_experiment(_fedavg(setup, lr), setup.model,
+                                  setup.train, test, seed=s, **kwargs)
+            for lr in lrs for s in seeds]
+  else:
+    solo = [runner.run_experiment(setup.algorithm, setup.model, setup.train,
+                                  test, seed=s, **kwargs) for s in seeds]
   solo_s = time.perf_counter() - start
   start = time.perf_counter()
-  swept = fe.sweep.run_sweep(setup.algorithm, setup.model, setup.train, test,
-                             seeds=seeds, **kwargs)
+  if lrs:
+    swept = fe.sweep.run_sweep(
+        lambda client_lr: _fedavg(setup, client_lr), setup.model,
+        setup.train, test, seeds=seeds,
+        hyperparameters=[{'client_lr': lr} for lr in lrs], **kwargs)
+  else:
+    swept = fe.sweep.run_sweep(setup.algorithm, setup.model, setup.train,
+                               test, seeds=seeds, **kwargs)
   sweep_s = time.perf_counter() - start
   # A record's seconds are its call's over the call's rounds.
   first = min(FLAGS.rounds_per_call, rounds)
   gap = max(abs(a[-1]['train_loss'] - b[-1]['train_loss']) /
             abs(b[-1]['train_loss']) for a, b in zip(swept, solo))
   return dict(
-      workload=name, seeds=len(seeds), rounds=rounds,
+      workload=name, seeds=len(seeds), client_lrs=lrs, runs=len(solo),
+      rounds=rounds,
       clients_per_round=FLAGS.clients_per_round, solo_s=solo_s,
       sweep_s=sweep_s, ratio=solo_s / sweep_s,
       solo_first_s=first * float(np.sum([h[0]['seconds'] for h in solo])),
@@ -86,15 +113,16 @@ def main(argv):
   start = time.perf_counter()
   rows = []
   for name in FLAGS.workloads:
-    row = _time(name, seeds, rounds)
+    row = _time(name, seeds, rounds, [float(lr) for lr in FLAGS.client_lrs])
     rows.append(row)
     print(row, flush=True)
-  lines = ['| workload | seeds x rounds | one after another s | one sweep s | '
+  lines = ['| workload | runs x rounds | one after another s | one sweep s | '
            'speed-up | first call s (solo, summed / sweep) | final loss gap |',
            '|---|---|---:|---:|---:|---|---:|']
   for r in rows:
     lines.append(
-        f"| {wl.WORKLOADS[r['workload']].description} | {r['seeds']} x "
+        f"| {wl.WORKLOADS[r['workload']].description} | {r['runs']} "
+        f"({len(r['client_lrs']) or 1} rates x {r['seeds']} seeds) x "
         f"{r['rounds']} | {r['solo_s']:.1f} | {r['sweep_s']:.1f} | "
         f"{r['ratio']:.1f}x | {r['solo_first_s']:.1f} / "
         f"{r['sweep_first_s']:.1f} | {r['max_relative_loss_gap']:.1e} |")

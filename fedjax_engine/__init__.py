@@ -50,6 +50,7 @@ from fedjax_engine import checkpoint as checkpoint
 from fedjax_engine import sweep as sweep
 from fedjax_engine import testing as testing
 from fedjax_engine import heterogeneity as heterogeneity
+from fedjax_engine import hyperparameters as hyperparameters
 from fedjax_engine import transforms as transforms
 from fedjax_engine import attacks as attacks
 from fedjax_engine import compression as compression

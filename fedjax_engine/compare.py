@@ -66,7 +66,7 @@ def compare_runs(run_dirs, *, metrics=None) -> list[dict]:
   """One dict per group of runs (see the module docstring).
 
   Args:
-    run_dirs: run folders.
+    run_dirs: run folders (a sweep's output folder stands for its runs).
     metrics: metric names; None or empty: the evaluation metrics.
 
   Returns:

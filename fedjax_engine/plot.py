@@ -2,6 +2,7 @@ r"""Pictures of runs' metrics, per round or per second of wall time.
 
   python -m fedjax_engine.plot /tmp/p/seed0 /tmp/p/seed1 /tmp/p/seed2 \
       --out=plot.png [--x=round|seconds] [--metrics=test_accuracy,train_loss]
+  python -m fedjax_engine.plot runs/sweep --out=plot.png   # a sweep's runs
 
 Each metric gets a panel. Runs whose ``flags.txt`` differ only by ``--seed``
 are one line, their mean, with the range from their minimum to their maximum
@@ -84,7 +85,7 @@ def series(run_dirs, *, x: str = 'round',
   """What :func:`plot_runs` draws: ``{metric: [line, ...]}``, in order.
 
   Args:
-    run_dirs: run folders.
+    run_dirs: run folders (a sweep's output folder stands for its runs).
     x: ``'round'`` or ``'seconds'`` (cumulative wall time).
     metrics: metric names; None or empty: :func:`default_metrics`.
 
@@ -134,7 +135,7 @@ def plot_runs(run_dirs, *, out: str, x: str = 'round', metrics=None) -> str:
   """Draws the runs' metrics into the picture ``out`` and returns its path.
 
   Args:
-    run_dirs: run folders.
+    run_dirs: run folders (a sweep's output folder stands for its runs).
     out: the picture's path; its extension picks the format (``.png``).
     x: ``'round'`` or ``'seconds'`` (cumulative wall time).
     metrics: metric names, a panel each; None or empty:

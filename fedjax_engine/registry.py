@@ -230,7 +230,9 @@ def make_optimizer(name: str, *, learning_rate: float, momentum: float = 0.0,
   adagrad; the defaults follow Reddi et al., "Adaptive Federated
   Optimization", ICLR 2021 (tau = 1e-3 as epsilon, beta2 = 0.99).
   """
-  if not learning_rate > 0:
+  # A traced rate (a learning-rate sweep, fedjax_engine.hyperparameters)
+  # was checked as a number before it was traced.
+  if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
     raise ValueError(f'learning rate must be positive, got {learning_rate}.')
   if name == 'sgd':
     return optax.sgd(learning_rate, momentum=momentum or None)

@@ -202,13 +202,25 @@ def read_run(folder: str) -> Run:
              flags=read_flags(folder))
 
 
+def sweep_runs(folder: str) -> list[str]:
+  """The run folders under a sweep's output folder (``seed_<s>/``, or
+  ``<point>/seed_<s>/`` for a learning-rate grid), sorted; ``[folder]``
+  itself when it holds metrics or no run lies below it."""
+  if os.path.exists(os.path.join(folder, run_dir.METRICS)):
+    return [folder]
+  found = sorted(root for root, _, files in os.walk(folder)
+                 if run_dir.METRICS in files)
+  return found or [folder]
+
+
 def read_runs(folders) -> list[Run]:
-  """:func:`read_run` of each folder; at least one is needed."""
+  """:func:`read_run` of each folder; at least one is needed. A sweep's
+  output folder stands for its runs (:func:`sweep_runs`)."""
   folders = list(folders)
   if not folders:
     raise RunError('no run folders given; expected one or more folders '
                    f'holding {run_dir.METRICS}.')
-  return [read_run(f) for f in folders]
+  return [read_run(run) for f in folders for run in sweep_runs(f)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,14 +1,18 @@
-"""Several seeds of one experiment, trained together in one program.
+"""Several seeds (and learning rates) of one experiment, trained together
+in one program.
 
 :func:`run_sweep` runs the experiment of
 :func:`fedjax_engine.runner.run_experiment` for every seed of ``seeds`` at
-once: the runs' server states and client-state tables are stacked, and the
+once, and with ``hyperparameters`` for every point of a grid of them too
+(learning rates: their values live in the server state,
+:func:`fedjax_engine.hyperparameters.tunable`): the runs' server states and client-state tables are stacked, and the
 fused rounds (:meth:`fedjax_engine.simulate.Round.run_sweep`) are vmapped
 over the runs inside one compiled program, so the seeds share one compile,
 one dispatch per call and every batched matrix product. Each run keeps its
 own initial params, cohorts, client keys and metrics (seed ``s`` derives
 them from ``jax.random.key(s)`` exactly as a run alone does) and writes
-its own folder, ``<output_dir>/seed_<s>/``, with its final model saved for
+its own folder, ``<output_dir>/seed_<s>/`` (``<output_dir>/<point>/seed_<s>/``
+in a grid, :func:`run_folder`), with its final model saved for
 :func:`fedjax_engine.checkpoint.load_params`. Its metrics equal that run's
 alone to float rounding.
 
@@ -29,11 +33,23 @@ Example:
   ...     clients_per_round=5, num_rounds=4, eval_every=2, progress=False)
   >>> len(runs), [len(history) for history in runs]
   (3, [4, 4, 4])
+
+A learning-rate grid: ``algorithm`` is then a function of the grid's names.
+
+  >>> make = lambda client_lr: fe.algorithms.fedavg(
+  ...     model, client_optimizer=optax.sgd(client_lr))
+  >>> runs = run_sweep(
+  ...     make, model, train, test, seeds=[0, 1],
+  ...     hyperparameters=[{'client_lr': 0.1}, {'client_lr': 0.3}],
+  ...     batching=fe.Batching(batch_size=10, local_steps=2),
+  ...     clients_per_round=5, num_rounds=4, eval_every=2, progress=False)
+  >>> len(runs)   # (0.1, seed 0), (0.1, seed 1), (0.3, seed 0), (0.3, seed 1)
+  4
 """
 
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +58,7 @@ from fedjax_engine import checkpoint as checkpoint_lib
 from fedjax_engine import data as data_lib
 from fedjax_engine import evaluate as evaluate_lib
 from fedjax_engine import heterogeneity
+from fedjax_engine import hyperparameters as hyperparameters_lib
 from fedjax_engine import run_dir
 from fedjax_engine import runner
 from fedjax_engine import sampling
@@ -55,6 +72,19 @@ def seed_folder(output_dir: str, seed: int) -> str:
   return os.path.join(output_dir, f'seed_{seed}')
 
 
+def point_name(values: Mapping[str, float]) -> str:
+  """A grid point as a folder name: ``client_lr_0.1_server_lr_1``."""
+  return '_'.join(f'{k}_{v:g}' for k, v in values.items())
+
+
+def run_folder(output_dir: str, seed: int,
+               values: Mapping[str, float] | None = None) -> str:
+  """Where the run of ``seed`` (at grid point ``values``) writes."""
+  if not values:
+    return seed_folder(output_dir, seed)
+  return seed_folder(os.path.join(output_dir, point_name(values)), seed)
+
+
 def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
@@ -63,9 +93,10 @@ def _run(tree, i):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def run_sweep(algorithm: Algorithm, model: Model,
+def run_sweep(algorithm: Algorithm | Callable[..., Algorithm], model: Model,
               train: data_lib.FederatedData,
               test: data_lib.FederatedData | None, *, seeds: Sequence[int],
+              hyperparameters: Sequence[Mapping[str, float]] | None = None,
               batching: data_lib.Batching, clients_per_round: int,
               num_rounds: int, eval_every: int = 10,
               client_chunk_size: int | None = None,
@@ -77,19 +108,27 @@ def run_sweep(algorithm: Algorithm, model: Model,
   """Runs the experiment for every seed of ``seeds``, together.
 
   Args:
-    seeds: distinct seeds, one run each.
+    algorithm: the algorithm; with ``hyperparameters``, a function
+      ``algorithm(**point) -> Algorithm`` (see
+      :func:`fedjax_engine.hyperparameters.tunable` for what it may vary).
+    seeds: distinct seeds, one run each (per grid point).
+    hyperparameters: grid points, each a mapping of the same names to
+      numbers, e.g. ``[{'client_lr': 0.1}, {'client_lr': 0.3}]``; every
+      point runs with every seed, in the order ``for point: for seed``.
     output_dir: each run writes ``seed_<s>/metrics.jsonl`` (and its final
-      model) under it; None writes nothing.
+      model) under it (``<point>/seed_<s>/`` in a grid, :func:`run_folder`);
+      None writes nothing.
     at_evaluation: ``at_evaluation(rounds_done) -> {name: value}`` added to
       every evaluation's record of every run.
     Others: as :func:`fedjax_engine.runner.run_experiment`. Every record's
       ``seconds`` is the wall time of a round of the whole sweep.
 
   Returns:
-    One history per seed, in the order of ``seeds``.
+    One history per run: per seed, in the order of ``seeds`` (per grid
+    point, then seed, with ``hyperparameters``).
 
   Raises:
-    ValueError: for repeated or no seeds, or a bad setting.
+    ValueError: for repeated or no seeds, a bad grid, or a bad setting.
     fedjax_engine.runner.Diverged: a run's loss or params became
       non-finite (the message names its seed).
     fedjax_engine.runner.Interrupted: Ctrl-C or SIGTERM; the rounds done
@@ -102,7 +141,12 @@ def run_sweep(algorithm: Algorithm, model: Model,
     raise ValueError(
         f'num_rounds must be >= 1, eval_every >= 0 and rounds_per_call >= '
         f'1, got {num_rounds}, {eval_every} and {rounds_per_call}.')
-  keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]
+  points, algorithms = _grid(algorithm, hyperparameters)
+  runs = [(point, s) for point in points for s in seeds]
+  labels = [f'seed {s}' + (f' at {point_name(point)}' if point else '')
+            for point, s in runs]
+  keys = [jax.random.split(jax.random.key(s), 3) for _, s in runs]
+  algorithm = algorithms[0]
   sampler = sampling.uniform(num_clients=train.num_clients,
                              clients_per_round=clients_per_round,
                              key=keys[0][2])
@@ -113,7 +157,8 @@ def run_sweep(algorithm: Algorithm, model: Model,
   evaluate = (evaluate_lib.make_evaluate(model, test,
                                          batch_size=eval_batch_size)
               if test is not None else None)
-  states = [algorithm.init(model.init(k[0])) for k in keys]
+  states = [algorithms[points.index(point)].init(model.init(k[0]))
+            for (point, _), k in zip(runs, keys)]
   tables = [jax.vmap(algorithm.init_client_state, axis_size=train.num_clients,
                      in_axes=None)(s.params)
             if algorithm.init_client_state is not None else ()
@@ -122,17 +167,17 @@ def run_sweep(algorithm: Algorithm, model: Model,
   rounds_keys = jnp.stack([k[1] for k in keys])
   sample_keys = jnp.stack([k[2] for k in keys])
 
-  sinks = []
-  if output_dir:
-    for s in seeds:
-      run_dir.prepare(seed_folder(output_dir, s))
-    sinks = [run_dir.MetricsFile(seed_folder(output_dir, s)) for s in seeds]
+  folders = [run_folder(output_dir, s, point) for point, s in runs
+             ] if output_dir else []
+  for folder in folders:
+    run_dir.prepare(folder)
+  sinks = [run_dir.MetricsFile(folder) for folder in folders]
   bar = None
   if progress:
     from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=num_rounds, unit='round', dynamic_ncols=True,
-                    desc=f'{len(seeds)} seeds')
-  histories = [[] for _ in seeds]
+                    desc=f'{len(runs)} runs')
+  histories = [[] for _ in runs]
   r = 0
   with runner.DeferredInterrupt() as interrupt:
     try:
@@ -148,7 +193,7 @@ def run_sweep(algorithm: Algorithm, model: Model,
         end = r + n
         evaluating = evaluate is not None and (end == num_rounds or (
             eval_every and end % eval_every == 0))
-        for i, seed in enumerate(seeds):
+        for i, label in enumerate(labels):
           records = [{'round': r + j + 1,
                       **runner.to_python({k: v[i, j] for k, v in
                                            metrics.items()}),
@@ -165,7 +210,7 @@ def run_sweep(algorithm: Algorithm, model: Model,
           diverged = runner.nonfinite(records, params)
           if diverged:
             raise runner.Diverged(diverged.round,
-                                  f'{diverged.what} (seed {seed})', end)
+                                  f'{diverged.what} ({label})', end)
         r = end
         if interrupt.requested:
           raise runner.Interrupted(r, histories)
@@ -180,9 +225,33 @@ def run_sweep(algorithm: Algorithm, model: Model,
         bar.close()
       for sink in sinks:
         sink.close()
-  if output_dir:
-    for i, s in enumerate(seeds):
-      saved = checkpoint_lib.Checkpoints(seed_folder(output_dir, s))
-      saved.save(num_rounds, _run(server_states, i), _run(client_states, i))
-      saved.close()
+  for i, folder in enumerate(folders):
+    saved = checkpoint_lib.Checkpoints(folder)
+    saved.save(num_rounds, _run(server_states, i), _run(client_states, i))
+    saved.close()
   return histories
+
+
+def _grid(algorithm, hyperparameters):
+  """The grid's points (``[{}]`` without one) and an algorithm per point,
+  all with the same functions."""
+  if hyperparameters is None:
+    if not isinstance(algorithm, Algorithm):
+      raise ValueError('run_sweep needs an Algorithm, or a function of the '
+                       'hyperparameters with hyperparameters=[...].')
+    return [{}], [algorithm]
+  if isinstance(algorithm, Algorithm) or not callable(algorithm):
+    raise ValueError('with hyperparameters, run_sweep needs a function '
+                     'algorithm(**point) -> Algorithm, got '
+                     f'{type(algorithm).__name__}.')
+  points = [hyperparameters_lib.check_values(p) for p in hyperparameters]
+  if not points:
+    raise ValueError('hyperparameters must hold at least one point.')
+  names = list(points[0])
+  for p in points:
+    if list(p) != names:
+      raise ValueError(f'every grid point must name {names} in that order, '
+                       f'got {list(p)}.')
+  if len({tuple(p.values()) for p in points}) != len(points):
+    raise ValueError(f'grid points repeat: {points}.')
+  return points, [hyperparameters_lib.tunable(algorithm, **p) for p in points]

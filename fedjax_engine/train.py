@@ -21,6 +21,7 @@ starts them on this machine.
 import functools
 import hashlib
 import inspect
+import itertools
 import json
 import logging as py_logging
 import math
@@ -214,6 +215,13 @@ flags.DEFINE_integer('data_seed', None, 'Seed for generated data and for '
 flags.DEFINE_list('seeds', None, 'A sweep: train these seeds together, '
                   'vmapped in one compiled program, one folder each '
                   '(<output_dir>/seed_<s>/), the data shared (--data_seed).')
+flags.DEFINE_list('client_lrs', None, 'A learning-rate sweep: train these '
+                  'client learning rates together (each with every seed of '
+                  '--seeds, default --seed), in one compiled program, one '
+                  'folder each (<output_dir>/client_lr_<v>/seed_<s>/).')
+flags.DEFINE_list('server_lrs', None, 'As --client_lrs, for the server '
+                  'learning rate; with both, every pair '
+                  '(<output_dir>/client_lr_<v>_server_lr_<w>/seed_<s>/).')
 flags.DEFINE_integer('client_chunk_size', None, 'Clients trained at once per '
                      'device (default: chosen for the backend and model).')
 flags.DEFINE_enum('gather', 'device', ['device', 'host'], 'Gather batches on '
@@ -454,27 +462,32 @@ def _build():
                         num_classes=dataset.num_classes)
   _check_model_fits(model, train)
 
-  optimizers = dict(
-      client_optimizer=registry.make_optimizer(
-          FLAGS.client_optimizer, learning_rate=FLAGS.client_lr,
-          momentum=FLAGS.client_momentum),
-      server_optimizer=registry.make_optimizer(
-          FLAGS.server_optimizer, learning_rate=FLAGS.server_lr,
-          momentum=FLAGS.server_momentum, beta1=FLAGS.server_beta1,
-          beta2=FLAGS.server_beta2, epsilon=FLAGS.server_epsilon))
-  accepted = inspect.signature(factory).parameters
-  kwargs = {k: v for k, v in optimizers.items() if k in accepted}
-  for h in registry.hyperparameters(factory):
-    value = FLAGS[h.name].value
-    _check(value is not None, f'--{h.name} is required by '
-           f'--algorithm={FLAGS.algorithm}.')
-    kwargs[h.name] = value
-  try:
-    algorithm = factory(model, **kwargs)
-  except (ValueError, TypeError) as e:
-    raise UsageError(f'--algorithm={FLAGS.algorithm}: {e}') from e
-  algorithm, train, more_tests, at_evaluation = _with_transforms(
-      algorithm, train, test, dataset.num_classes)
+  def make_algorithm(client_lr, server_lr):
+    """The algorithm, its transforms applied, at these learning rates
+    (numbers, or traced in a learning-rate sweep)."""
+    optimizers = dict(
+        client_optimizer=registry.make_optimizer(
+            FLAGS.client_optimizer, learning_rate=client_lr,
+            momentum=FLAGS.client_momentum),
+        server_optimizer=registry.make_optimizer(
+            FLAGS.server_optimizer, learning_rate=server_lr,
+            momentum=FLAGS.server_momentum, beta1=FLAGS.server_beta1,
+            beta2=FLAGS.server_beta2, epsilon=FLAGS.server_epsilon))
+    accepted = inspect.signature(factory).parameters
+    kwargs = {k: v for k, v in optimizers.items() if k in accepted}
+    for h in registry.hyperparameters(factory):
+      value = FLAGS[h.name].value
+      _check(value is not None, f'--{h.name} is required by '
+             f'--algorithm={FLAGS.algorithm}.')
+      kwargs[h.name] = value
+    try:
+      algorithm = factory(model, **kwargs)
+    except (ValueError, TypeError) as e:
+      raise UsageError(f'--algorithm={FLAGS.algorithm}: {e}') from e
+    return _with_transforms(algorithm, train, test, dataset.num_classes)
+
+  algorithm, train_used, more_tests, at_evaluation = make_algorithm(
+      FLAGS.client_lr, FLAGS.server_lr)
   for name in ('finetune_steps', 'finetune_lr'):
     _check(FLAGS.personal_eval or not FLAGS[name].value,
            f'--{name} applies to personalized evaluation; add '
@@ -484,7 +497,8 @@ def _build():
            f'--personal_eval tests each client on its own test examples, but '
            f'--dataset={FLAGS.dataset} has {train.num_clients} training and '
            f'{test.num_clients} test clients that differ.')
-  return algorithm, model, train, test, batching, more_tests, at_evaluation
+  return (algorithm, model, train_used, test, batching, more_tests,
+          at_evaluation, lambda **lrs: make_algorithm(**lrs)[0])
 
 
 def _privacy_spent(rounds, *, noise, plan):
@@ -788,17 +802,17 @@ def main(argv):
       output_dir = FLAGS.output_dir
       resuming = FLAGS.resume and os.path.exists(
           os.path.join(output_dir, run_dir.METRICS))
-      if not (resuming or FLAGS.seeds):
+      if not (resuming or _sweeping()):
         moved = run_dir.prepare(output_dir, if_exists=FLAGS.output_exists)
         if moved:
           print(f'moved the earlier run in {output_dir} to {moved}',
                 file=sys.stderr)
         run_dir.write_text(output_dir, run_dir.FLAGS, _flags_text())
-    if FLAGS.seeds:
+    if _sweeping():
       _sweep(output_dir)
       return
     (algorithm, model, train, test, batching, more_tests,
-     at_evaluation) = _build()
+     at_evaluation, _) = _build()
     history = runner.run_experiment(
         algorithm, model, train, test, batching=batching,
         clients_per_round=FLAGS.clients_per_round,
@@ -939,36 +953,71 @@ _NOT_IN_SWEEPS = (
 )
 
 
-def _sweep(output_dir):
-  """``--seeds``: the runs together (:mod:`fedjax_engine.sweep`), each seed's
-  folder with the flags that rerun it alone."""
+def _numbers(name, parse, what):
+  """The values of list flag ``--name``, distinct, parsed by ``parse``."""
+  values = FLAGS[name].value
   try:
-    seeds = [int(s) for s in FLAGS.seeds]
+    parsed = [parse(v) for v in values]
   except ValueError:
-    raise UsageError(f'--seeds must be integers, got {",".join(FLAGS.seeds)}.'
+    raise UsageError(f'--{name} must be {what}, got {",".join(values)}.'
                      ) from None
-  _check(len(set(seeds)) == len(seeds) and min(seeds) >= 0,
-         f'--seeds must be distinct integers >= 0, got {seeds}.')
-  _check(FLAGS.num_rounds >= 1, '--seeds needs --num_rounds >= 1.')
+  _check(len(set(parsed)) == len(parsed), f'--{name} must be distinct, got '
+         f'{",".join(values)}.')
+  return parsed
+
+
+def _sweeping() -> bool:
+  return bool(FLAGS.seeds or FLAGS.client_lrs or FLAGS.server_lrs)
+
+
+def _sweep(output_dir):
+  """``--seeds``, ``--client_lrs``, ``--server_lrs``: the runs together
+  (:mod:`fedjax_engine.sweep`), each run's folder with the flags that rerun
+  it alone."""
+  given = ' '.join(f'--{n}={",".join(FLAGS[n].value)}'
+                   for n in ('seeds', 'client_lrs', 'server_lrs')
+                   if FLAGS[n].value)
+  seeds = _numbers('seeds', int, 'integers') if FLAGS.seeds else [FLAGS.seed]
+  _check(min(seeds) >= 0, f'--seeds must be integers >= 0, got {seeds}.')
+  grid = {}
+  for name in ('client_lrs', 'server_lrs'):
+    if FLAGS[name].value:
+      grid[name[:-1]] = _numbers(name, float, 'numbers')
+      _check(min(grid[name[:-1]]) > 0, f'--{name} must be positive, got '
+             f'{",".join(FLAGS[name].value)}.')
+  points = [dict(zip(grid, values))
+            for values in itertools.product(*grid.values())] if grid else None
+  _check(FLAGS.num_rounds >= 1, f'{given} needs --num_rounds >= 1.')
   for name, allowed, why in _NOT_IN_SWEEPS:
-    _check(FLAGS[name].value == allowed, f'--seeds cannot combine with '
+    _check(FLAGS[name].value == allowed, f'{given} cannot combine with '
            f'--{name}={FLAGS[name].value}: {why}.')
   data_seed = _data_seed()
-  (algorithm, model, train, test, batching, more_tests,
-   at_evaluation) = _build()
-  _check(not more_tests, '--seeds evaluates the test set only.')
+  (algorithm, model, train, test, batching, more_tests, at_evaluation,
+   make_algorithm) = _build()
+  _check(not more_tests, 'a sweep evaluates the test set only.')
+  if points:
+    lrs = {'client_lr': FLAGS.client_lr, 'server_lr': FLAGS.server_lr}
+    algorithm = lambda **point: make_algorithm(**{**lrs, **point})
+  runs = [(point, s) for point in points or [{}] for s in seeds]
   if output_dir:
-    chosen = (FLAGS.seed, FLAGS.data_seed, FLAGS.seeds)
+    chosen = {n: FLAGS[n].value for n in (
+        'seed', 'data_seed', 'seeds', 'client_lrs', 'server_lrs',
+        'client_lr', 'server_lr')}
     try:
-      for s in seeds:
-        folder = sweep.seed_folder(output_dir, s)
+      for point, s in runs:
+        folder = sweep.run_folder(output_dir, s, point)
         run_dir.prepare(folder, if_exists=FLAGS.output_exists)
-        FLAGS.seed, FLAGS.data_seed, FLAGS.seeds = s, data_seed, None
+        FLAGS.seed, FLAGS.data_seed = s, data_seed
+        FLAGS.seeds = FLAGS.client_lrs = FLAGS.server_lrs = None
+        for name, value in point.items():
+          FLAGS[name].value = value
         run_dir.write_text(folder, run_dir.FLAGS, _flags_text())
     finally:
-      FLAGS.seed, FLAGS.data_seed, FLAGS.seeds = chosen
+      for name, value in chosen.items():
+        FLAGS[name].value = value
   histories = sweep.run_sweep(
-      algorithm, model, train, test, seeds=seeds, batching=batching,
+      algorithm, model, train, test, seeds=seeds, hyperparameters=points,
+      batching=batching,
       clients_per_round=FLAGS.clients_per_round, num_rounds=FLAGS.num_rounds,
       eval_every=FLAGS.eval_every, client_chunk_size=FLAGS.client_chunk_size,
       weighting=FLAGS.weighting, eval_batch_size=FLAGS.eval_batch_size,
@@ -978,12 +1027,13 @@ def _sweep(output_dir):
           dropout_rate=FLAGS.client_dropout, straggler_rate=FLAGS.stragglers),
       at_evaluation=at_evaluation)
   seconds = sum(h.get('seconds', 0.0) for h in histories[0])
-  print(f'{len(seeds)} seeds x {FLAGS.num_rounds} rounds in {seconds:.1f} s '
+  print(f'{len(runs)} runs x {FLAGS.num_rounds} rounds in {seconds:.1f} s '
         f'on {jax.device_count()} {jax.default_backend()} device(s)')
-  for s, history in zip(seeds, histories):
-    where = (f'; {os.path.join(sweep.seed_folder(output_dir, s), run_dir.METRICS)}'
+  for (point, s), history in zip(runs, histories):
+    where = (f'; {os.path.join(sweep.run_folder(output_dir, s, point), run_dir.METRICS)}'
              if output_dir else '')
-    print(f'seed {s}: final: {_summary(history)}{where}')
+    name = f'{sweep.point_name(point)} ' if point else ''
+    print(f'{name}seed {s}: final: {_summary(history)}{where}')
 
 
 def _evaluate_saved(argv):

@@ -192,6 +192,26 @@ def test_groups_and_labels(tmp_path):
                                        'download': None}
 
 
+def test_a_sweep_folder_stands_for_its_runs(tmp_path):
+  for lr in (0.05, 0.2):
+    for seed in (0, 1):
+      write_run(tmp_path / 'grid' / f'client_lr_{lr}' / f'seed_{seed}',
+                [{'round': 1, 'train_loss': lr + seed}],
+                flags={'client_lr': lr, 'seed': seed})
+  other = write_run(tmp_path / 'other', [{'round': 1, 'train_loss': 9.0}])
+  runs = run_reader.read_runs([str(tmp_path / 'grid'), other])
+  assert [os.path.relpath(r.path, tmp_path) for r in runs] == [
+      'grid/client_lr_0.05/seed_0', 'grid/client_lr_0.05/seed_1',
+      'grid/client_lr_0.2/seed_0', 'grid/client_lr_0.2/seed_1', 'other']
+  groups = run_reader.group_by_seed(runs)
+  assert [g.label for g in groups] == [
+      'client_lr=0.05 (2 seeds)', 'client_lr=0.2 (2 seeds)', 'other']
+  # A folder with no runs below it is still an error naming it.
+  os.makedirs(tmp_path / 'empty')
+  with pytest.raises(run_reader.RunError, match='empty'):
+    run_reader.read_runs([str(tmp_path / 'empty')])
+
+
 def test_a_cut_off_last_line_is_skipped(tmp_path):
   folder = tmp_path / 'killed'
   folder.mkdir()

@@ -52,6 +52,75 @@ def test_each_seed_equals_its_run_alone(name, chunk, synthetic_train,
   assert histories[0][-1]['train_loss'] != histories[1][-1]['train_loss']
 
 
+def _make(model, name, client_lr, server_lr):
+  server = optax.sgd(server_lr, momentum=0.9)
+  return registry.ALGORITHMS[name](
+      model, client_optimizer=optax.sgd(client_lr), server_optimizer=server)
+
+
+# Rates traced from the server state train as the same rates as constants.
+@pytest.mark.parametrize('name, chunk', [('fedavg', None), ('scaffold', 1)])
+def test_each_grid_point_equals_its_run_alone(name, chunk, synthetic_train,
+                                              logistic_model):
+  points = [{'client_lr': 0.05, 'server_lr': 1.0},
+            {'client_lr': 0.2, 'server_lr': 0.5}]
+  seeds = [0, 2]
+  histories = sweep.run_sweep(
+      lambda **p: _make(logistic_model, name, **p), logistic_model,
+      synthetic_train, synthetic_train, seeds=seeds, hyperparameters=points,
+      client_chunk_size=chunk, **SETTING)
+  assert len(histories) == 4
+  runs = [(p, s) for p in points for s in seeds]
+  for (point, seed), history in zip(runs, histories):
+    solo = runner.run_experiment(
+        _make(logistic_model, name, **point), logistic_model,
+        synthetic_train, synthetic_train, seed=seed, client_chunk_size=chunk,
+        **SETTING)
+    _assert_same(history, solo, f'{name} {point} seed {seed}')
+  assert histories[0][-1]['train_loss'] != histories[2][-1]['train_loss']
+
+
+def test_a_traced_rate_scales_one_sgd_step(synthetic_train, logistic_model):
+  """One local SGD step and a server step of 1: the round's update is
+  -lr * (the cohort's weighted mean gradient), so it is linear in lr."""
+  batching = fe.Batching(batch_size=4, local_steps=1)
+  make = lambda client_lr: fe.algorithms.fedavg(
+      logistic_model, client_optimizer=optax.sgd(client_lr))
+  params = logistic_model.init(jax.random.key(0))
+  rnd = fe.make_round(fe.hyperparameters.tunable(make, client_lr=0.1),
+                      synthetic_train, clients_per_round=5, batching=batching)
+  cohort = rnd.select(jnp.arange(5))
+  updates = {}
+  for lr in (0.1, 0.4):
+    # The round donates the state's buffers: a copy keeps params alive.
+    state = fe.hyperparameters.tunable(make, client_lr=lr).init(
+        jax.tree.map(jnp.copy, params))
+    state, _, _ = rnd(state, (), cohort, jax.random.key(1))
+    updates[lr] = jax.tree.map(jnp.subtract, state.params, params)
+  for a, b in zip(jax.tree.leaves(updates[0.1]), jax.tree.leaves(updates[0.4])):
+    assert jnp.max(jnp.abs(a)) > 0
+    assert jnp.allclose(4 * a, b, rtol=1e-5, atol=1e-7)
+  assert rnd.num_compiled == 1
+
+
+def test_a_grid_needs_a_function_and_same_names(synthetic_train,
+                                                logistic_model):
+  algorithm = fe.algorithms.fedavg(logistic_model,
+                                   client_optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match='needs a function'):
+    sweep.run_sweep(algorithm, logistic_model, synthetic_train, None,
+                    seeds=[0], hyperparameters=[{'client_lr': 0.1}],
+                    **SETTING)
+  make = lambda **p: _make(logistic_model, 'fedavg', **p)
+  with pytest.raises(ValueError, match='must name'):
+    sweep.run_sweep(make, logistic_model, synthetic_train, None, seeds=[0],
+                    hyperparameters=[{'client_lr': 0.1, 'server_lr': 1.0},
+                                     {'client_lr': 0.2}], **SETTING)
+  with pytest.raises(ValueError, match="client_lr='fast' is not a number"):
+    sweep.run_sweep(make, logistic_model, synthetic_train, None, seeds=[0],
+                    hyperparameters=[{'client_lr': 'fast'}], **SETTING)
+
+
 def test_one_program_for_every_call(synthetic_train, logistic_model):
   algorithm = fe.algorithms.fedavg(logistic_model,
                                    client_optimizer=optax.sgd(0.1))
@@ -116,12 +185,39 @@ def test_cli_sweep_folders_rerun_alone_to_the_same_curves(tmp_path):
     assert fe.checkpoint.load_params(str(folder))
 
 
+def test_cli_learning_rate_grid_folders_rerun_alone(tmp_path):
+  out = tmp_path / 'grid'
+  result = _train('--client_lrs=0.05,0.2', '--server_lrs=1,0.5', '--seed=4',
+                  f'--output_dir={out}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(out)) == [
+      'client_lr_0.05_server_lr_0.5', 'client_lr_0.05_server_lr_1',
+      'client_lr_0.2_server_lr_0.5', 'client_lr_0.2_server_lr_1']
+  assert result.stdout.count('final:') == 4
+  folder = out / 'client_lr_0.2_server_lr_0.5' / 'seed_4'
+  flags = (folder / 'flags.txt').read_text().splitlines()
+  assert '--client_lr=0.2' in flags and '--server_lr=0.5' in flags
+  assert not [f for f in flags if f.startswith(('--client_lrs', '--seeds'))]
+  solo = tmp_path / 'solo'
+  result = _train(f'--flagfile={folder / "flags.txt"}',
+                  f'--output_dir={solo}', cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  _assert_same(_metrics(folder), _metrics(solo), 'client_lr 0.2 server 0.5')
+  other = _metrics(out / 'client_lr_0.05_server_lr_0.5' / 'seed_4')
+  assert other[-1]['train_loss'] != _metrics(folder)[-1]['train_loss']
+
+
 @pytest.mark.parametrize('args, message', [
     (['--seeds=1,1'], '--seeds must be distinct'),
     (['--seeds=0,x'], '--seeds must be integers'),
     (['--seeds=0,1', '--dp=dp_fedavg', '--dp_noise_multiplier=1'],
-     '--seeds cannot combine with --dp=dp_fedavg'),
-    (['--seeds=0,1', '--resume'], '--seeds cannot combine with --resume'),
+     '--seeds=0,1 cannot combine with --dp=dp_fedavg'),
+    (['--seeds=0,1', '--resume'], '--seeds=0,1 cannot combine with --resume'),
+    (['--client_lrs=0.1,x'], '--client_lrs must be numbers, got 0.1,x'),
+    (['--server_lrs=1,0'], '--server_lrs must be positive, got 1,0'),
+    (['--client_lrs=0.1,0.1'], '--client_lrs must be distinct'),
+    (['--client_lrs=0.1,0.2', '--checkpoint_every=2'],
+     '--client_lrs=0.1,0.2 cannot combine with --checkpoint_every=2'),
 ])
 def test_cli_refuses_what_a_sweep_cannot_do(tmp_path, args, message):
   result = _train(*args, cwd=tmp_path)
