@@ -158,12 +158,6 @@ def settled(outputs):
   return jax.block_until_ready(outputs)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _first_rows(tree, n):
-  """``x[:n]`` of every leaf, in one dispatch."""
-  return jax.tree.map(lambda x: x[:n], tree)
-
-
 def _finalize_metrics(sums):
   return {name: m.total / jnp.maximum(m.count, 1e-12)
           for name, m in sums.items()}
@@ -379,7 +373,7 @@ class Round:
 
     Returns:
       ``(server_state, client_states, metrics)``, metrics stacked over the
-      rounds run: ``{name: [num_rounds]}``.
+      rounds run: ``{name: [num_rounds]}`` numpy arrays, on the host.
     """
     block = num_rounds if block is None else block
     if self.gather != 'device':
@@ -408,10 +402,10 @@ class Round:
         server_state, client_states, rounds_key, self._store,
         np.int32(first_round), np.int32(num_rounds), sampler=sampler,
         block=block, num_steps=num_steps)
-    server_state, client_states, metrics = settled(
-        (server_state, client_states, metrics))
-    if num_rounds < block:
-      metrics = settled(_first_rows(metrics, num_rounds))
+    server_state, client_states = settled((server_state, client_states))
+    # Cut on the host: a slice on the device would compile a program for
+    # each length, as at a run's last, shorter call.
+    metrics = jax.tree.map(lambda m: np.asarray(m)[:num_rounds], metrics)
     return server_state, client_states, metrics
 
   def run_sweep(self, server_states, client_states, sampler, rounds_keys,
@@ -429,7 +423,7 @@ class Round:
 
     Returns:
       ``(server_states, client_states, metrics)``, metrics
-      ``{name: [runs, num_rounds]}``.
+      ``{name: [runs, num_rounds]}`` numpy arrays, on the host.
     """
     block = num_rounds if block is None else block
     if not isinstance(sampler, sampling_lib.UniformSampler):
@@ -452,8 +446,7 @@ class Round:
         server_states, client_states, rounds_keys, sample_keys, self._store,
         np.int32(first_round), np.int32(num_rounds), sampler=sampler,
         block=block, num_steps=num_steps))
-    if num_rounds < block:
-      metrics = settled(jax.tree.map(lambda m: m[:, :num_rounds], metrics))
+    metrics = jax.tree.map(lambda m: np.asarray(m)[:, :num_rounds], metrics)
     return server_states, client_states, metrics
 
   def _sweep_rounds(self, server_states, client_states, rounds_keys,

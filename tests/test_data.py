@@ -130,6 +130,25 @@ def test_to_device():
   np.testing.assert_array_equal(dev.features['x'], d.features['x'])
 
 
+def test_the_store_is_aligned_and_cpu_devices_share_it():
+  """One copy of the examples: every CPU device uses the host's array."""
+  x = np.arange(4001, dtype=np.float32)[1:].reshape(1000, 4)  # misaligned
+  assert x.ctypes.data % data.ALIGNMENT != 0
+  d = FederatedData({'x': x}, [0, 600, 1000], ['a', 'b'])
+  assert d.features['x'].ctypes.data % data.ALIGNMENT == 0
+  np.testing.assert_array_equal(d.features['x'], x)
+  joined = FederatedData.from_clients({'a': {'x': x[:3]}, 'b': {'x': x[3:7]}})
+  assert joined.features['x'].ctypes.data % data.ALIGNMENT == 0
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('d',))
+  placed = d.to_device(jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  shards = placed.features['x'].addressable_shards
+  assert len(shards) == jax.device_count() > 1
+  if jax.default_backend() == 'cpu':
+    assert {s.data.unsafe_buffer_pointer() for s in shards} == {
+        d.features['x'].ctypes.data}
+
+
 # ----------------------------------------------------------------------------
 # bucket and Batching.
 

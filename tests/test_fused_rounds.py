@@ -50,6 +50,26 @@ def test_shorter_calls_reuse_the_block_program_and_resume_exactly(setup):
   assert int(state.round) == 5
 
 
+def test_a_last_shorter_call_compiles_nothing(setup):
+  """Not the round (num_compiled) and not a program to cut the metrics."""
+  algo, model, rnd, sampler = setup
+  key = jax.random.key(3)
+  state, _, _ = rnd.run_rounds(_state(algo, model), (), sampler, key,
+                               first_round=0, num_rounds=4, block=4)
+  compiled = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *_, **__: compiled.append(name)
+      if name == '/jax/core/compile/backend_compile_duration' else None)
+  try:
+    for n in (3, 1):
+      state, _, metrics = rnd.run_rounds(state, (), sampler, key,
+                                         first_round=4, num_rounds=n, block=4)
+      assert metrics['train_loss'].shape == (n,)
+  finally:
+    jax.monitoring.clear_event_listeners()
+  assert compiled == []
+
+
 def test_rounds_differ_from_each_other(setup):
   algo, model, rnd, sampler = setup
   _, _, metrics = rnd.run_rounds(_state(algo, model), (), sampler,
