@@ -78,6 +78,29 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
     assert 'final:' in result.stdout
 
 
+def test_cli_compilation_cache_is_filled_then_used(tmp_path):
+  # The second run compiles nothing: JAX finds every program in the folder
+  # (its compile log says which were cache hits), and trains identically.
+  cache = tmp_path / 'xla'
+  runs = []
+  for name in ('first', 'second'):
+    result = _train(*SMALL, '--num_rounds=3', '--eval_every=3',
+                    f'--compilation_cache={cache}',
+                    f'--output_dir={tmp_path / name}', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs.append(_read_jsonl(tmp_path / name / 'metrics.jsonl'))
+    if name == 'first':
+      entries = sorted(os.listdir(cache))
+      assert any(e.startswith('jit__rounds') for e in entries), entries
+  assert sorted(os.listdir(cache)) == entries   # nothing new to store
+  strip = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'}
+                      for r in rs]
+  assert strip(runs[1]) == strip(runs[0])
+  result = _train(*SMALL, '--num_rounds=1', '--compilation_cache=',
+                  cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize('args, message', [
     (['--algorithm=fedfoo'], "unknown algorithm 'fedfoo'"),
     (['--num_rounds=-1'], 'flag --num_rounds=-1: --num_rounds must be >= 0'),
@@ -93,6 +116,9 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
      '--model=char_lstm does not take the examples of --dataset=synthetic'),
     (['--rounds_per_call=0'], '--rounds_per_call must be >= 1'),
     (['--cpu_devices=-1'], '--cpu_devices must be >= 0'),
+    (['--compilation_cache=/dev/null/cache'],
+     "--compilation_cache='/dev/null/cache' is not a folder that can be "
+     'created'),
     (['--algorithm=no_such_module:build'],
      "cannot import algorithm plug-in module 'no_such_module'"),
 ])
