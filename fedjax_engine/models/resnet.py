@@ -109,7 +109,8 @@ def resnet18_gn(*, num_classes: int, groups: int = 2,
     input_shape: ``(H, W, C)`` of one image; the parameters depend only on
       ``C`` (global average pooling), so other sizes, e.g. TFF's 24x24
       CIFAR-100 crops, run with the same parameters.
-    conv_impl: 'auto', 'xla' or 'slices'; see :mod:`fedjax_engine.models.cnn`.
+    conv_impl: 'auto', 'xla', 'slices' or 'winograd'; see
+      :mod:`fedjax_engine.models.cnn`.
 
   Example:
 
