@@ -8,8 +8,8 @@ subprocess (``harness.run_worker``, the suite's workloads and timers):
 * **engine (no cache)**: the fused engine round (``--fused_rounds`` rounds a
   call), JAX's persistent compilation cache off;
 * **engine (cold cache)**: the same with an empty cache folder, which the run
-  fills (what the first run of an experiment costs with the cache on, the
-  CLI's default);
+  fills (what the first run of an experiment costs with
+  ``--compilation_cache``);
 * **engine (warm cache)**: again, with the folder the cold run filled (a
   rerun, a resumed run, another seed of the same experiment).
 

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 
 from absl import app
 from absl import flags
@@ -58,9 +59,8 @@ from fedjax_engine import transforms
 from fedjax_engine.datasets import download
 
 FLAGS = flags.FLAGS
-# JAX's persistent compilation cache (--compilation_cache): by default beside
-# the download cache's default, bounded so it never fills a disk.
-COMPILATION_CACHE = os.path.join('~', '.cache', 'fedjax_engine', 'xla')
+# JAX's persistent compilation cache (--compilation_cache) is bounded so it
+# never fills a disk.
 COMPILATION_CACHE_BYTES = 2 << 30
 
 flags.DEFINE_string('algorithm', 'fedavg', 'Algorithm name or plug-in '
@@ -254,10 +254,11 @@ flags.DEFINE_integer('cpu_devices', 0, 'JAX CPU devices to shard the '
                      'cohort over when running on CPU; 0: one per core. '
                      'XLA:CPU runs small per-client ops on one core, so one '
                      'device per core is what uses them all.')
-flags.DEFINE_string('compilation_cache', COMPILATION_CACHE, 'Keep the '
-                    'compiled XLA programs in this folder (JAX\'s persistent '
-                    'compilation cache), so a rerun or a resumed run of the '
-                    'same experiment skips compiling; \'\' turns it off.')
+flags.DEFINE_string('compilation_cache', '', 'Keep the compiled XLA '
+                    'programs in this folder (JAX\'s persistent compilation '
+                    'cache, e.g. ~/.cache/fedjax_engine/xla), so a rerun or '
+                    'a resumed run of the same experiment skips compiling; '
+                    '\'\' (the default): no cache.')
 flags.DEFINE_integer('rounds_per_call', 10, 'Rounds run in one compiled call '
                      '(sampling and batching on the device, no Python between '
                      'them; metrics are written after each call). 1: every '
@@ -670,6 +671,10 @@ def _enable_compilation_cache():
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   jax.config.update('jax_compilation_cache_max_size', COMPILATION_CACHE_BYTES)
+  # A program the cache cannot store or read (a full disk) is compiled as
+  # without a cache; JAX's warning per program would bury the run's output.
+  warnings.filterwarnings(
+      'ignore', message='Error (writing|reading) persistent compilation cache')
 
 
 def _set_cpu_devices():
