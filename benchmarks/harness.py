@@ -86,15 +86,73 @@ def current_rss_mib():
     return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 
 
+def descendants():
+  """Pids of this process's live descendants (a peer's helper processes).
+
+  Flower's Ray (GCS, raylet, actors) runs a simulation's clients in
+  processes of its own; their memory and CPU time are the peer's.
+  """
+  children = {}
+  for d in os.listdir('/proc'):
+    if not d.isdigit():
+      continue
+    try:
+      with open(f'/proc/{d}/stat') as f:
+        ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+      continue   # gone since listdir
+    children.setdefault(ppid, []).append(int(d))
+  out, stack = [], list(children.get(os.getpid(), []))
+  while stack:
+    pid = stack.pop()
+    out.append(pid)
+    stack.extend(children.get(pid, []))
+  return out
+
+
+def _proc_hwm_mib(pid):
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return 0.0
+
+
+def peak_rss_tree_mib():
+  """(own ``VmHWM`` + every live descendant's, descendants counted), MiB.
+
+  The sum of the peaks bounds the peak of the sum from above.
+  """
+  pids = descendants()
+  return peak_rss_mib() + sum(_proc_hwm_mib(p) for p in pids), len(pids)
+
+
+def _proc_cpu_s(pid):
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError):
+    return 0.0
+
+
 def cpu_busy_s():
-  """(busy CPU seconds of the whole machine, CPU seconds of this process)."""
+  """(busy CPU seconds of the whole machine, CPU seconds of this process).
+
+  This process's seconds include its live descendants' (a peer's helper
+  processes are its own work, not other load).
+  """
   with open('/proc/stat') as f:
     fields = [int(v) for v in f.readline().split()[1:]]
   tick = os.sysconf('SC_CLK_TCK')
   idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
   busy = (sum(fields[:8]) - idle) / tick   # user..steal, without guest
   own = resource.getrusage(resource.RUSAGE_SELF)
-  return busy, own.ru_utime + own.ru_stime
+  return busy, (own.ru_utime + own.ru_stime
+                + sum(_proc_cpu_s(p) for p in descendants()))
 
 
 def others_cpu_frac(before, after, wall):
@@ -110,7 +168,10 @@ def others_cpu_frac(before, after, wall):
 
 
 def device_info():
-  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+  except ImportError:   # a peer's venv without JAX (PyTorch peers)
+    return dict(backend='cpu', devices=1, device_kind='cpu')
   devices = jax.devices()
   return dict(backend=jax.default_backend(), devices=len(devices),
               device_kind=devices[0].device_kind)
@@ -145,9 +206,27 @@ def matmul_peak(size, repeats):
               **device_info())
 
 
+PEERS = ('fedjax', 'pfl', 'flower')   # benchmarks/peers/<peer>_worker.py
+
+
+def peer_python(peer):
+  """The peer's venv python (``bash benchmarks/peers/setup.sh`` makes it)."""
+  return os.path.join(HERE, 'peers', '.venvs', peer, 'bin', 'python')
+
+
+def peer_module(peer):
+  """``benchmarks/peers/<peer>_worker.py`` (imported in the peer's venv)."""
+  peers_dir = os.path.join(HERE, 'peers')
+  if peers_dir not in sys.path:
+    sys.path.insert(0, peers_dir)
+  return importlib.import_module(f'{peer}_worker')
+
+
 def make_runner(cfg, setup):
   workload = wl.WORKLOADS[cfg['workload']]
   impl = cfg['impl']
+  if impl in PEERS:
+    return peer_module(impl).Runner(setup, cfg)
   if impl == 'naive':
     return wl.NaiveRunner(setup, cfg['clients'], dropout=workload.dropout)
   if impl == 'engine_compute':
@@ -164,13 +243,19 @@ _COMPILE_S = [0.0]   # seconds JAX spent tracing, lowering and compiling
 
 def _count_compile_time():
   """Adds JAX's compile-duration events up in ``_COMPILE_S`` (once)."""
-  import jax  # pylint: disable=g-import-not-at-top
   if getattr(_count_compile_time, 'done', False):
+    return
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    register = jax.monitoring.register_event_duration_secs_listener
+  except (ImportError, AttributeError):   # a peer without JAX or too old a JAX
+    _count_compile_time.done = True
+    _COMPILE_S[0] = None
     return
   def listener(name, seconds, **_):
     if name.startswith('/jax/core/compile/'):
       _COMPILE_S[0] += seconds
-  jax.monitoring.register_event_duration_secs_listener(listener)
+  register(listener)
   _count_compile_time.done = True
 
 
@@ -191,8 +276,14 @@ class RoundTimer:
     self.max_rounds = cfg['max_rounds']
     self.config_budget = cfg.get('config_budget') or float('inf')
     t0 = time.perf_counter()
-    self.setup = wl.build(workload, num_clients=cfg['num_clients'],
-                          data_dir=cfg.get('data_dir'))
+    if cfg['impl'] in PEERS:   # the workload the engine exported
+      peer_module(cfg['impl'])   # puts benchmarks/peers on sys.path
+      import common  # pylint: disable=g-import-not-at-top
+      self.setup = common.Setup(cfg['export_dir'], cfg['workload'],
+                                cfg['clients'])
+    else:
+      self.setup = wl.build(workload, num_clients=cfg['num_clients'],
+                            data_dir=cfg.get('data_dir'))
     self.runner = runner = make_runner(cfg, self.setup)
     self.setup_s = time.perf_counter() - t0
     self.base_rss = current_rss_mib()
@@ -205,7 +296,8 @@ class RoundTimer:
     self.first_s = self._call(0)
     # Tracing, lowering and XLA compilation of every program round 0 built,
     # as JAX's own compile-duration events report them.
-    self.compile_s = _COMPILE_S[0] - compiled_before
+    self.compile_s = (None if _COMPILE_S[0] is None
+                      else _COMPILE_S[0] - compiled_before)
     self.r = self.rounds_per_call = self.last_n
     if cfg.get('params_out'):
       save_params(cfg['params_out'], initial, runner.params())
@@ -265,6 +357,7 @@ class RoundTimer:
     times = np.asarray(self.times)
     mean, median = float(times.mean()), float(np.median(times))
     round_flops = workload.round_flops(c)
+    peak_tree, helpers = peak_rss_tree_mib()
     out = dict(cfg)
     out.update(
         kind='round',
@@ -284,13 +377,17 @@ class RoundTimer:
         flops_per_round=round_flops,
         flops_per_s=round_flops / mean,
         rss_after_setup_mib=self.base_rss,
-        peak_rss_mib=peak_rss_mib(),
+        peak_rss_mib=peak_tree,
+        peak_rss_own_mib=peak_rss_mib(),
+        helper_processes=helpers,
         other_cpu_frac=others_cpu_frac((0.0, 0.0), (self.busy_s, self.own_s),
                                        self.wall_s),
         load_avg_1m=os.getloadavg()[0],
         dataset_clients=self.setup.train.num_clients,
         dataset_examples=self.setup.train.num_examples,
         **device_info())
+    if hasattr(runner, 'info'):   # peers: versions, threads
+      out.update(runner.info())
     if hasattr(runner, 'xla_round_flops'):
       out['xla_round_flops'] = runner.xla_round_flops()
     if hasattr(runner, 'xla_step_flops'):
@@ -299,6 +396,50 @@ class RoundTimer:
       out['xla_flops_per_round_from_step'] = (
           step * c * wl.LOCAL_STEPS if step is not None else None)
     return out
+
+
+def export_workload(cfg):
+  """Writes a workload for the peers (``peers/common.py`` reads it).
+
+  The clients (``x``, ``y``, ``offsets``), the engine's initial params by
+  leaf path, and for each clients-per-round C the engine's index plan of
+  round 0 (cohort 0 of :func:`workloads.cohorts`, round key
+  ``fold_in(key(SEED), 0)``), its mask and the clients' weights.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fedjax_engine import data as data_lib  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(HERE, 'peers'))
+  import common  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  workload = wl.WORKLOADS[cfg['workload']]
+  setup = wl.build(workload, num_clients=cfg['num_clients'],
+                   data_dir=cfg.get('data_dir'))
+  folder = cfg['export_dir']
+  train = setup.train
+  path = common.data_path(folder, workload.name)
+  if not os.path.exists(path):
+    np.savez(path, x=np.asarray(train.features['x']),
+             y=np.asarray(train.features['y']),
+             offsets=np.asarray(train.offsets))
+    flat, _ = jax.tree_util.tree_flatten_with_path(setup.params)
+    names = ['/'.join(str(getattr(k, 'key', k)) for k in kp) for kp, _ in flat]
+    np.savez(common.params_path(folder, workload.name), names=np.array(names),
+             **{f'p{i}': np.asarray(x) for i, (_, x) in enumerate(flat)})
+  round_key = jax.random.fold_in(jax.random.key(wl.SEED), 0)
+  for c in cfg['clients']:
+    ids = wl.cohorts(train.num_clients, c, 1)[0]
+    cohort = data_lib.select(train, ids, num_padded=len(ids))
+    rows, mask = data_lib.plan_cohort(   # as data_lib.gather_on_host calls it
+        round_key, jax.numpy.asarray(cohort.client_ids),
+        jax.numpy.asarray(cohort.client_mask),
+        jax.numpy.asarray(train.offsets[:-1], jax.numpy.int32),
+        jax.numpy.asarray(train.sizes, jax.numpy.int32),
+        batching=setup.batching, num_steps=wl.LOCAL_STEPS)
+    np.savez(common.plan_path(folder, workload.name, c), ids=ids,
+             rows=np.asarray(rows), mask=np.asarray(mask),
+             weights=np.asarray(cohort.weights))
+  return dict(export_s=time.perf_counter() - t0)
 
 
 def time_rounds(cfg):
@@ -347,6 +488,8 @@ def worker_main(argv=None):
     return
   if cfg['kind'] == 'matmul':
     out = dict(cfg, **matmul_peak(cfg['size'], cfg['repeats']))
+  elif cfg['kind'] == 'export':
+    out = dict(cfg, **export_workload(cfg))
   else:
     out = time_rounds(cfg)
   with open(args.worker_out, 'w') as f:
@@ -379,8 +522,8 @@ def run_worker(cfg, *, timeout=None):
   """
   fd, path = tempfile.mkstemp(suffix='.json')
   os.close(fd)
-  cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(cfg),
-         '--worker_out', path]
+  cmd = [cfg.get('python') or sys.executable, os.path.abspath(__file__),
+         '--worker', json.dumps(cfg), '--worker_out', path]
   try:
     proc = subprocess.run(cmd, env=child_env(cfg.get('devices')),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -405,8 +548,9 @@ class _Served:
     os.close(fd)
     self.log = tempfile.TemporaryFile(mode='w+')
     self.proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), '--worker',
-         json.dumps(cfg), '--worker_out', self.out_path, '--serve'],
+        [cfg.get('python') or sys.executable, os.path.abspath(__file__),
+         '--worker', json.dumps(cfg), '--worker_out', self.out_path,
+         '--serve'],
         env=child_env(cfg.get('devices')), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=self.log)
     self.deadline = time.monotonic() + (timeout or float('inf'))
@@ -531,10 +675,12 @@ def compare_params(got_path, want_path):
       x.astype(np.float64))) for x in xs)))
   same_start = all(np.array_equal(a, b) for a, b in zip(got_init, want_init))
   update = norm([w - s for w, s in zip(want, want_init)])
+  got_update = norm([g - s for g, s in zip(got, got_init)])
   rel = norm([g - w for g, w in zip(got, want)]) / max(update, 1e-30)
   return dict(
       ok=bool(same_start and update > 0 and rel <= CHECK_MAX_REL_UPDATE_ERR),
       same_initial_params=same_start, rel_update_err=rel, update_norm=update,
+      update_norm_ratio=got_update / max(update, 1e-30),
       max_abs_err=max(float(np.max(np.abs(g - w))) for g, w in zip(got, want)),
       max_rel_update_err_allowed=CHECK_MAX_REL_UPDATE_ERR)
 

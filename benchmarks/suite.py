@@ -13,7 +13,12 @@ Implementations: ``engine`` (``fe.make_round``, one call per round, the
 cohort sharded over ``--cpu_devices`` XLA CPU devices), ``naive`` (one jitted
 SGD step per client per local step from Python, one device), and, on
 request, ``engine_fused`` (``Round.run_rounds``: ``--fused_rounds`` rounds
-per call, when the engine has it).
+per call, when the engine has it). Peers, on request: ``fedjax``, ``pfl``
+and ``flower`` (``benchmarks/peers``, each in its own venv made by ``bash
+benchmarks/peers/setup.sh``) train on the workload the engine exports
+(clients, initial params, round 0's batches); their params after round 0
+are checked against the naive loop's, and a peer that is not installed
+gets a row that says so.
 
 Also measured in the same run, in its own subprocess at the start and at the
 end: the FLOP/s of a large f32 matmul (best of several), the reference for
@@ -34,6 +39,7 @@ Usage:
   python benchmarks/suite.py --quick         # C=10 of every workload, ~2 min
   python benchmarks/suite.py --workloads=emnist_cnn --clients=10,100
   python benchmarks/suite.py --impls=engine,engine_fused,naive --fused_rounds=10
+  python benchmarks/suite.py --impls=engine,naive,fedjax,pfl,flower --quick
 
 Writes ``benchmarks/results/suite.json`` and prints a markdown table and the
 issue's targets.
@@ -56,7 +62,11 @@ import workloads as wl  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 DEFAULT_WORKLOADS = ('synthetic_logistic', 'synthetic_mlp', 'emnist_2nn',
                      'emnist_cnn')
-IMPLS = ('engine', 'engine_fused', 'naive')
+PEERS = harness.PEERS   # benchmarks/peers: FedJAX, pfl, Flower in own venvs
+IMPLS = ('engine', 'engine_fused', 'naive') + PEERS
+ENGINES = ('engine', 'engine_fused')
+PEER_LABELS = {'fedjax': 'FedJAX 0.0.17', 'pfl': 'pfl 0.6.0 (PyTorch)',
+               'flower': 'Flower 1.42 (Ray simulation)'}
 # (workload, clients per round, engine at least this many times the naive
 # loop's speed): issue 4, "Done when".
 SPEEDUP_TARGETS = (('synthetic_logistic', 100, 10.0), ('emnist_2nn', 100, 2.0),
@@ -80,6 +90,12 @@ def estimate(prev, clients):
 def label(r):
   if r['impl'] == 'naive':
     return 'naive loop'
+  if r['impl'] in PEERS:
+    s = PEER_LABELS[r['impl']]
+    if r.get('threads') and r['impl'] != 'fedjax':
+      s += f" {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+      s += ' per client' if r['impl'] == 'flower' else ''
+    return s
   s = 'engine'
   if r['impl'] == 'engine_fused':
     used = r.get('rounds_per_call')
@@ -92,7 +108,11 @@ def label(r):
 
 
 def compile_s(r):
-  """Measured compile seconds (JAX's events), else the estimate."""
+  """Measured compile seconds (JAX's events), else the estimate.
+
+  The estimate (first round less a timed one) is the start-up of peers
+  without JAX: pfl's first round, Flower's Ray start and node registration.
+  """
   measured = r.get('compile_s')
   return r['compile_s_est'] if measured is None else measured
 
@@ -108,7 +128,7 @@ def speedups(results):
 def table(results, peak):
   lines = [
       '| workload | C | implementation | devices | s/round (mean) | median '
-      '| rounds | first round (incl. compile) s | compile s '
+      '| rounds | first round (incl. compile) s | compile or start-up s '
       '| examples/s | speedup vs naive | GFLOP/round | achieved GFLOP/s '
       '| % of matmul peak | peak RSS MiB (after setup) | others\' CPU |',
       '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:'
@@ -144,7 +164,8 @@ def targets(results, peak):
   lines, verdicts = [], {}
   for workload, c, want in SPEEDUP_TARGETS:
     engines = [r for r in results if r['workload'] == workload
-               and r['clients'] == c and r['impl'] != 'naive' and id(r) in speed]
+               and r['clients'] == c and r['impl'] in ENGINES
+               and id(r) in speed]
     key = f'{workload}_{c}_speedup_at_least_{want:g}x'
     if not engines:
       lines.append(f'- {workload}, C={c}: engine >= {want:g}x naive -> not '
@@ -157,7 +178,7 @@ def targets(results, peak):
                  f"loop's speed -> {'PASS' if got >= want else 'FAIL'} "
                  f'(>= {want:g}x)')
   cnn = [r for r in results if r['workload'] == 'emnist_cnn'
-         and r['impl'] != 'naive' and 'compile_s_est' in r]
+         and r['impl'] in ENGINES and 'compile_s_est' in r]
   if cnn:
     worst = max(cnn, key=compile_s)
     ok = compile_s(worst) < CNN_COMPILE_TARGET_S
@@ -240,6 +261,45 @@ def matmul(args, when):
   return dict(r, when=when)
 
 
+def peer_unavailable(peer, export_error):
+  """Why ``peer`` cannot run here (its row then says so), or None."""
+  if export_error:
+    return f'export failed: {export_error}'
+  python = harness.peer_python(peer)
+  if os.path.exists(python):
+    return None
+  # .venvs/<peer>.failed: setup.sh tried and failed; its last line says why.
+  log = os.path.dirname(os.path.dirname(python)) + '.failed'
+  if os.path.exists(log):
+    with open(log) as f:
+      lines = [line.strip() for line in f if line.strip()]
+    return f"not installed: {lines[-1] if lines else 'setup.sh failed'}"
+  return 'not installed: run bash benchmarks/peers/setup.sh'
+
+
+# A peer's params after round 0 against the naive loop's. Without dropout
+# both train on the same batches: the engine's tolerance applies. With
+# dropout (the CNN) the peer draws its own masks (no peer takes the engine's
+# keys), so the params differ as with another key (0.5-0.8 of the update);
+# the check is then that the update's L2 norm is within this fraction of
+# the naive loop's (same data, same initial params, other masks).
+DROPOUT_NORM_TOL = 0.05
+
+
+def peer_check(check, dropout):
+  """Verdict of a peer's round-0 check (``check`` from compare_params)."""
+  if 'rel_update_err' not in check:
+    return dict(verdict='FAILED', tolerance='-', ok=False)
+  if not dropout:
+    return dict(ok=check['ok'], verdict='OK' if check['ok'] else 'MISMATCH',
+                tolerance=f'{harness.CHECK_MAX_REL_UPDATE_ERR:g}')
+  ok = bool(check['same_initial_params']
+            and abs(check['update_norm_ratio'] - 1) <= DROPOUT_NORM_TOL)
+  return dict(ok=ok, verdict='OK (dropout: norms)' if ok else 'MISMATCH',
+              tolerance=f'|update| within {DROPOUT_NORM_TOL:.0%} (dropout '
+              'masks differ)')
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--workloads', default=','.join(DEFAULT_WORKLOADS),
@@ -269,6 +329,9 @@ def main(argv=None):
   p.add_argument('--emnist_dir', default=None,
                  help='read real federated EMNIST (fed_emnist_train.h5) from '
                  'this folder instead of generating EMNIST-shaped data')
+  p.add_argument('--peer_threads', type=int, default=1,
+                 help='PyTorch threads of the pfl and Flower workers (Flower: '
+                 'also the CPUs each Ray client actor asks for)')
   p.add_argument('--matmul_size', type=int, default=4096)
   p.add_argument('--matmul_repeats', type=int, default=5)
   p.add_argument('--quick', action='store_true',
@@ -302,6 +365,16 @@ def main(argv=None):
   try:
     for name in names:
       prev = {}   # impl -> largest smaller measured row
+      export_error = None
+      if any(i in PEERS for i in impls):
+        ex = harness.run_worker(dict(
+            kind='export', workload=name, num_clients=args.num_clients,
+            data_dir=(args.emnist_dir if wl.WORKLOADS[name].dataset
+                      is wl.emnist_shaped else None),
+            clients=clients, export_dir=scratch, devices=1), timeout=1200)
+        export_error = ex.get('error')
+        print(f'exported {name} for the peers: '
+              + (export_error or f"{ex['export_s']:.1f} s"), flush=True)
       for c in clients:
         rows, to_run = {}, []
         for impl in impls:
@@ -316,6 +389,15 @@ def main(argv=None):
               time_budget=args.time_budget, config_budget=args.config_budget,
               params_out=(None if impl == 'engine_fused' else
                           os.path.join(scratch, f'{name}_{c}_{impl}.npz')))
+          if impl in PEERS:
+            cfg.update(devices=1, python=harness.peer_python(impl),
+                       export_dir=scratch, threads=args.peer_threads,
+                       params_out=os.path.join(scratch,
+                                               f'{name}_{c}_{impl}.npz'))
+            missing = peer_unavailable(impl, export_error)
+            if missing:
+              rows[impl] = (dict(cfg, error=missing), None)
+              continue
           est = estimate(prev[impl], c) if impl in prev else None
           if est and est['total_s'] > args.config_budget:
             rows[impl] = (dict(cfg, skipped=True,
@@ -335,6 +417,7 @@ def main(argv=None):
         for impl in impls:
           r = rows[impl][0]
           r.pop('params_out', None)
+          r.pop('export_dir', None)
           results.append(r)
           print(progress(r), flush=True)
         paths = [rows[i][1] for i in ('naive', 'engine') if i in rows]
@@ -346,6 +429,22 @@ def main(argv=None):
                 f"0: {'OK' if check['ok'] else 'MISMATCH'} (|difference| / "
                 f"|update| = {check.get('rel_update_err', float('nan')):.1e}, "
                 f"max abs err {check.get('max_abs_err', float('nan')):.1e})",
+                flush=True)
+        naive_path = rows['naive'][1] if 'naive' in rows else None
+        for impl in (i for i in impls if i in PEERS):
+          path = rows[impl][1]
+          if not (naive_path and path and os.path.exists(naive_path)
+                  and os.path.exists(path)):
+            continue
+          check = dict(workload=name, clients=c, impl=impl, against='naive',
+                       **harness.compare_params(path, naive_path))
+          check.update(peer_check(check, wl.WORKLOADS[name].dropout))
+          checks.append(check)
+          print(f"equal work {name} C={c}: {impl} vs naive params after round "
+                f"0: {check['verdict']} (|difference| / |update| = "
+                f"{check.get('rel_update_err', float('nan')):.1e}, tolerance "
+                f"{check['tolerance']}; |update| ratio "
+                f"{check.get('update_norm_ratio', float('nan')):.4f})",
                 flush=True)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
@@ -361,7 +460,8 @@ def main(argv=None):
   lines, verdicts = targets(results, peak)
   if any(not c['ok'] for c in checks):
     lines.append('- EQUAL-WORK CHECK FAILED for: ' + ', '.join(
-        f"{c['workload']} C={c['clients']}" for c in checks if not c['ok']))
+        f"{c['workload']} C={c['clients']} {c.get('impl', 'engine')}"
+        for c in checks if not c['ok']))
   print(f'\nMachine: {harness.describe_machine(info)}')
   print(f"Large-matmul peak: {peak / 1e9 if peak else float('nan'):,.1f} "
         f"GFLOP/s ({args.matmul_size}x{args.matmul_size} f32, best of "
@@ -407,12 +507,17 @@ def main(argv=None):
             flops='analytic matmul/conv FLOPs of forward and backward per '
                   'example x C x 10 x 20 (XLA cost analysis counts a loop '
                   'body once; see xla_* fields)',
-            peak_rss='VmHWM (/proc/self/status) of the subprocess',
+            peak_rss='VmHWM (/proc/self/status) of the subprocess, plus '
+                     "that of its live descendants (Flower's Ray processes)",
+            compile_peers='FedJAX: JAX compile events; pfl, Flower: first '
+                          'round less the median round (start-up)',
             equal_work_check=(
-                'engine vs naive params after round 0 from the same initial '
-                'params: L2 norm of the difference at most '
+                'engine and peers vs naive params after round 0 from the same '
+                'initial params: L2 norm of the difference at most '
                 f'{harness.CHECK_MAX_REL_UPDATE_ERR:g} x the L2 norm of the '
-                "round's update")),
+                "round's update; peers on the CNN (own dropout masks): the "
+                f"update's norm within {DROPOUT_NORM_TOL:.0%} of the naive "
+                "loop's")),
         machine=info, matmul=peaks, matmul_peak_flops_per_s=peak,
         flop_counts=counts, results=results, checks=checks,
         targets=verdicts, notes=lines),
