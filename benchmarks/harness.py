@@ -55,14 +55,30 @@ if HERE not in sys.path:
 import workloads as wl  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEVICE_FLAG = '--xla_force_host_platform_device_count'
+# XLA:CPU's MLIR fusion emitters hold 80-150 MB more while compiling a
+# round; without them the fused round compiles in less memory and runs a
+# little slower on small models (README, "Memory").
+LOW_MEMORY_XLA_FLAG = '--xla_cpu_use_fusion_emitters=false'
 # Engine and naive params after round 0 on the same cohort and key agree when
 # the L2 norm of their difference is at most this fraction of the L2 norm of
 # the round's update. Measured: a different cohort or dropout key gives 0.7-0.8;
-# float32 sums in another order give 1e-7 to 6e-7 for the dense models, and
-# up to 2.3e-3 for the CNN, whose pre-activations come within 1e-8 of a ReLU
-# or max-pool boundary, so rounding flips the odd unit and the update
-# carries it.
+# float32 sums in another order give 1e-7 to 6e-7 for the dense models.
 CHECK_MAX_REL_UPDATE_ERR = 1e-2
+# The EMNIST CNN's 10 local steps amplify rounding: pre-activations come
+# within 1e-8 of a ReLU or max-pool boundary, a rounding flips the odd unit
+# and later steps carry it. Measured on the naive loop itself: the same
+# round from initial params nudged by one ulp (jnp.nextafter) moves the
+# result by 1.2e-2 to 1.3e-2 of the update with either convolution. The
+# engine against the naive loop measured 2e-5 (both on 2 devices) to 1.1e-2
+# (naive on 1 device: other thread splits, other rounding). So the CNN is
+# held to a few times that floor, still far below a real mismatch (0.7).
+CNN_CHECK_MAX_REL_UPDATE_ERR = 3e-2
+
+
+def check_tolerance(workload):
+  """The equal-work check's bound on ``|difference| / |update|``."""
+  return (CNN_CHECK_MAX_REL_UPDATE_ERR if workload == 'emnist_cnn'
+          else CHECK_MAX_REL_UPDATE_ERR)
 
 
 # --------------------------------------------------------------------------
@@ -84,6 +100,26 @@ def peak_rss_mib():
 def current_rss_mib():
   with open('/proc/self/statm') as f:
     return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def rss_parts_mib(pid='self'):
+  """(private, file-backed) resident MiB of a process right now.
+
+  ``RssAnon`` is the process's own memory: heaps, arrays, compiled code.
+  ``RssFile`` is mostly the pages of shared libraries it has touched
+  (jaxlib's is 350 MB on disk, libtorch's larger): clean, shared between
+  processes and dropped first under memory pressure, yet part of RSS.
+  """
+  parts = {'RssAnon:': 0.0, 'RssFile:': 0.0}
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        key = line.split(None, 1)[0]
+        if key in parts:
+          parts[key] = int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return parts['RssAnon:'], parts['RssFile:']
 
 
 def descendants():
@@ -231,7 +267,7 @@ def make_runner(cfg, setup):
     return wl.NaiveRunner(setup, cfg['clients'], dropout=workload.dropout)
   if impl == 'engine_compute':
     return wl.EngineComputeRunner(setup, cfg['clients'], chunk=cfg.get('chunk'))
-  if impl in ('engine', 'engine_fused'):
+  if impl in ('engine', 'engine_fused', 'engine_lowmem'):
     return wl.EngineRunner(setup, cfg['clients'], chunk=cfg.get('chunk'),
                            gather=cfg.get('gather', 'device'),
                            fused_rounds=cfg.get('fused_rounds', 1))
@@ -287,6 +323,7 @@ class RoundTimer:
     self.runner = runner = make_runner(cfg, self.setup)
     self.setup_s = time.perf_counter() - t0
     self.base_rss = current_rss_mib()
+    self.private_mib = rss_parts_mib()[0]
     self.ids = wl.cohorts(self.setup.train.num_clients, cfg['clients'],
                           2 + self.max_rounds)
     initial = runner.params() if cfg.get('params_out') else None
@@ -294,6 +331,9 @@ class RoundTimer:
     compiled_before = _COMPILE_S[0]
     self.start = time.perf_counter()
     self.first_s = self._call(0)
+    # No high-water mark exists for private memory alone: take the largest
+    # of its values after setup, after round 0 (compilation) and at the end.
+    self.private_mib = max(self.private_mib, rss_parts_mib()[0])
     # Tracing, lowering and XLA compilation of every program round 0 built,
     # as JAX's own compile-duration events report them.
     self.compile_s = (None if _COMPILE_S[0] is None
@@ -358,6 +398,8 @@ class RoundTimer:
     mean, median = float(times.mean()), float(np.median(times))
     round_flops = workload.round_flops(c)
     peak_tree, helpers = peak_rss_tree_mib()
+    private_now, file_now = rss_parts_mib()
+    helpers_private = sum(rss_parts_mib(p)[0] for p in descendants())
     out = dict(cfg)
     out.update(
         kind='round',
@@ -379,6 +421,8 @@ class RoundTimer:
         rss_after_setup_mib=self.base_rss,
         peak_rss_mib=peak_tree,
         peak_rss_own_mib=peak_rss_mib(),
+        private_rss_mib=max(self.private_mib, private_now) + helpers_private,
+        shared_lib_rss_mib=file_now,
         helper_processes=helpers,
         other_cpu_frac=others_cpu_frac((0.0, 0.0), (self.busy_s, self.own_s),
                                        self.wall_s),
@@ -500,17 +544,27 @@ def worker_main(argv=None):
 # Parent side.
 # --------------------------------------------------------------------------
 
-def child_env(devices):
+def child_env(devices, extra_flags=()):
   """The environment for a worker with ``devices`` XLA CPU devices.
 
-  ``devices=None`` leaves ``XLA_FLAGS`` as it is (the caller's choice).
+  ``devices=None`` leaves the device count in ``XLA_FLAGS`` as it is (the
+  caller's choice); ``extra_flags`` are added to ``XLA_FLAGS``.
   """
   env = dict(os.environ)
+  flags = env.get('XLA_FLAGS', '').split()
   if devices is not None:
-    flags = [f for f in env.get('XLA_FLAGS', '').split()
-             if not f.startswith(DEVICE_FLAG)]
-    env['XLA_FLAGS'] = ' '.join(flags + [f'{DEVICE_FLAG}={devices}'])
+    flags = [f for f in flags if not f.startswith(DEVICE_FLAG)]
+    flags.append(f'{DEVICE_FLAG}={devices}')
+  flags += list(extra_flags)
+  if flags:
+    env['XLA_FLAGS'] = ' '.join(flags)
   return env
+
+
+def worker_env(cfg):
+  return child_env(cfg.get('devices'),
+                   [LOW_MEMORY_XLA_FLAG] if cfg.get('impl') == 'engine_lowmem'
+                   else ())
 
 
 def run_worker(cfg, *, timeout=None):
@@ -525,7 +579,7 @@ def run_worker(cfg, *, timeout=None):
   cmd = [cfg.get('python') or sys.executable, os.path.abspath(__file__),
          '--worker', json.dumps(cfg), '--worker_out', path]
   try:
-    proc = subprocess.run(cmd, env=child_env(cfg.get('devices')),
+    proc = subprocess.run(cmd, env=worker_env(cfg),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout, check=False)
     if proc.returncode:
@@ -551,7 +605,7 @@ class _Served:
         [cfg.get('python') or sys.executable, os.path.abspath(__file__),
          '--worker', json.dumps(cfg), '--worker_out', self.out_path,
          '--serve'],
-        env=child_env(cfg.get('devices')), stdin=subprocess.PIPE,
+        env=worker_env(cfg), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=self.log)
     self.deadline = time.monotonic() + (timeout or float('inf'))
     self.pending = b''
@@ -659,12 +713,13 @@ def load_params(path):
             [f[f'final_{i}'] for i in range(n)])
 
 
-def compare_params(got_path, want_path):
+def compare_params(got_path, want_path, *,
+                   tolerance=CHECK_MAX_REL_UPDATE_ERR):
   """Do two workers' params after round 0 agree? (from :func:`save_params`)
 
   ``rel_update_err`` is ``|got - want| / |want - initial|`` in the L2 norm
   over all parameters; ``ok`` when the two started from the same params and
-  it is at most ``CHECK_MAX_REL_UPDATE_ERR``.
+  it is at most ``tolerance`` (:func:`check_tolerance`).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   (got_init, got), (want_init, want) = load_params(got_path), load_params(
@@ -678,11 +733,11 @@ def compare_params(got_path, want_path):
   got_update = norm([g - s for g, s in zip(got, got_init)])
   rel = norm([g - w for g, w in zip(got, want)]) / max(update, 1e-30)
   return dict(
-      ok=bool(same_start and update > 0 and rel <= CHECK_MAX_REL_UPDATE_ERR),
+      ok=bool(same_start and update > 0 and rel <= tolerance),
       same_initial_params=same_start, rel_update_err=rel, update_norm=update,
       update_norm_ratio=got_update / max(update, 1e-30),
       max_abs_err=max(float(np.max(np.abs(g - w))) for g, w in zip(got, want)),
-      max_rel_update_err_allowed=CHECK_MAX_REL_UPDATE_ERR)
+      max_rel_update_err_allowed=tolerance)
 
 
 def engine_version():

@@ -265,8 +265,9 @@ def main():
                 f'{harness.fmt_others(r)}', flush=True)
         if len(check_paths) == 2:
           check = dict(model=model, clients=c,
-                       **harness.compare_params(check_paths['naive'],
-                                                check_paths['engine']))
+                       **harness.compare_params(
+                           check_paths['naive'], check_paths['engine'],
+                           tolerance=harness.check_tolerance(model)))
           checks.append(check)
           print(f"equal-work check {model} C={c}: "
                 f"{'OK' if check['ok'] else 'MISMATCH'} (|difference| / "

@@ -13,7 +13,8 @@ Implementations: ``engine`` (``fe.make_round``, one call per round, the
 cohort sharded over ``--cpu_devices`` XLA CPU devices), ``naive`` (one jitted
 SGD step per client per local step from Python, one device), and, on
 request, ``engine_fused`` (``Round.run_rounds``: ``--fused_rounds`` rounds
-per call, when the engine has it). Peers, on request: ``fedjax``, ``pfl``
+per call, when the engine has it) and ``engine_lowmem`` (the same, with
+XLA's CPU fusion emitters off: ``harness.LOW_MEMORY_XLA_FLAG``). Peers, on request: ``fedjax``, ``pfl``
 and ``flower`` (``benchmarks/peers``, each in its own venv made by ``bash
 benchmarks/peers/setup.sh``) train on the workload the engine exports
 (clients, initial params, round 0's batches); their params after round 0
@@ -63,8 +64,9 @@ import workloads as wl  # pylint: disable=g-import-not-at-top,wrong-import-posit
 DEFAULT_WORKLOADS = ('synthetic_logistic', 'synthetic_mlp', 'emnist_2nn',
                      'emnist_cnn')
 PEERS = harness.PEERS   # benchmarks/peers: FedJAX, pfl, Flower in own venvs
-IMPLS = ('engine', 'engine_fused', 'naive') + PEERS
-ENGINES = ('engine', 'engine_fused')
+IMPLS = ('engine', 'engine_fused', 'engine_lowmem', 'naive') + PEERS
+ENGINES = ('engine', 'engine_fused', 'engine_lowmem')
+FUSED = ('engine_fused', 'engine_lowmem')
 PEER_LABELS = {'fedjax': 'FedJAX 0.0.17', 'pfl': 'pfl 0.6.0 (PyTorch)',
                'flower': 'Flower 1.42 (Ray simulation)'}
 # (workload, clients per round, engine at least this many times the naive
@@ -97,11 +99,13 @@ def label(r):
       s += ' per client' if r['impl'] == 'flower' else ''
     return s
   s = 'engine'
-  if r['impl'] == 'engine_fused':
+  if r['impl'] in FUSED:
     used = r.get('rounds_per_call')
     s += (f' fused ({used} rounds/call)' if used and used > 1
           else ' fused (n/a: no run_rounds, per-round calls)'
           if used else ' fused')
+  if r['impl'] == 'engine_lowmem':
+    s += ', no fusion emitters'
   if r.get('chunk_used') is not None:
     s += f" K={r['chunk_used']}"
   return s
@@ -130,9 +134,10 @@ def table(results, peak):
       '| workload | C | implementation | devices | s/round (mean) | median '
       '| rounds | first round (incl. compile) s | compile or start-up s '
       '| examples/s | speedup vs naive | GFLOP/round | achieved GFLOP/s '
-      '| % of matmul peak | peak RSS MiB (after setup) | others\' CPU |',
+      '| % of matmul peak | peak RSS MiB (after setup) | private MiB '
+      '| others\' CPU |',
       '|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:'
-      '|---:|---:|']
+      '|---:|---:|---:|']
   speed = speedups(results)
   for r in results:
     head = f"| {r['workload']} | {r['clients']} | {label(r)} | "
@@ -142,7 +147,7 @@ def table(results, peak):
       why = (f"skipped: would take ~{r['estimated_round_s']:.0f} s/round"
              if r.get('skipped') else f"failed: {r.get('error', '?')[:80]}")
       lines.append(head + f"{r.get('devices') or '-'} | {why} | "
-                   + ' | '.join(['-'] * 6) + f' | {gflop} | - | - | - | - |')
+                   + ' | '.join(['-'] * 6) + f' | {gflop} | - | - | - | - | - |')
       continue
     s = speed.get(id(r))
     lines.append(
@@ -154,7 +159,8 @@ def table(results, peak):
         f"{gflop} | {r['flops_per_s'] / 1e9:,.1f} | "
         + (f"{100 * r['flops_per_s'] / peak:.1f}%" if peak else '-') + ' | '
         f"{r['peak_rss_mib']:.0f} ({r['rss_after_setup_mib']:.0f}) | "
-        f'{harness.fmt_others(r)} |')
+        + (f"{r['private_rss_mib']:.0f}" if 'private_rss_mib' in r else '-')
+        + f' | {harness.fmt_others(r)} |')
   return '\n'.join(lines)
 
 
@@ -381,13 +387,13 @@ def main(argv=None):
           cfg = dict(
               kind='round', workload=name, clients=c, impl=impl,
               devices=1 if impl == 'naive' else args.cpu_devices,
-              fused_rounds=args.fused_rounds if impl == 'engine_fused' else 1,
+              fused_rounds=args.fused_rounds if impl in FUSED else 1,
               num_clients=args.num_clients,
               data_dir=(args.emnist_dir if wl.WORKLOADS[name].dataset
                         is wl.emnist_shaped else None),
               min_rounds=args.min_rounds, max_rounds=args.max_rounds,
               time_budget=args.time_budget, config_budget=args.config_budget,
-              params_out=(None if impl == 'engine_fused' else
+              params_out=(None if impl in FUSED else
                           os.path.join(scratch, f'{name}_{c}_{impl}.npz')))
           if impl in PEERS:
             cfg.update(devices=1, python=harness.peer_python(impl),
@@ -422,12 +428,13 @@ def main(argv=None):
           print(progress(r), flush=True)
         paths = [rows[i][1] for i in ('naive', 'engine') if i in rows]
         if len(paths) == 2 and all(p and os.path.exists(p) for p in paths):
-          check = dict(workload=name, clients=c,
-                       **harness.compare_params(*paths))
+          check = dict(workload=name, clients=c, **harness.compare_params(
+              *paths, tolerance=harness.check_tolerance(name)))
           checks.append(check)
           print(f"equal work {name} C={c}: engine vs naive params after round "
                 f"0: {'OK' if check['ok'] else 'MISMATCH'} (|difference| / "
                 f"|update| = {check.get('rel_update_err', float('nan')):.1e}, "
+                f"tolerance {check.get('max_rel_update_err_allowed', 0):g}, "
                 f"max abs err {check.get('max_abs_err', float('nan')):.1e})",
                 flush=True)
         naive_path = rows['naive'][1] if 'naive' in rows else None
@@ -509,13 +516,19 @@ def main(argv=None):
                   'body once; see xla_* fields)',
             peak_rss='VmHWM (/proc/self/status) of the subprocess, plus '
                      "that of its live descendants (Flower's Ray processes)",
+            private_rss=('RssAnon, the largest of its values after setup, '
+                         'after round 0 and at the end, plus live '
+                         "descendants' at the end: RSS less the touched "
+                         'pages of shared libraries (shared_lib_rss_mib)'),
             compile_peers='FedJAX: JAX compile events; pfl, Flower: first '
                           'round less the median round (start-up)',
             equal_work_check=(
                 'engine and peers vs naive params after round 0 from the same '
                 'initial params: L2 norm of the difference at most '
                 f'{harness.CHECK_MAX_REL_UPDATE_ERR:g} x the L2 norm of the '
-                "round's update; peers on the CNN (own dropout masks): the "
+                "round's update (the CNN, whose 10 steps amplify rounding: "
+                f'{harness.CNN_CHECK_MAX_REL_UPDATE_ERR:g}, see harness.py); '
+                'peers on the CNN (own dropout masks): the '
                 f"update's norm within {DROPOUT_NORM_TOL:.0%} of the naive "
                 "loop's")),
         machine=info, matmul=peaks, matmul_peak_flops_per_s=peak,

@@ -234,7 +234,9 @@ class EngineRunner:
         setup.algorithm, setup.train, clients_per_round=clients_per_round,
         batching=setup.batching, client_chunk_size=chunk, gather=gather)
     # The round donates the state: start from a copy of the shared params.
-    self.state = setup.algorithm.init(jax.tree.map(jnp.copy, setup.params))
+    # (One jitted copy: copied leaf by leaf, each shape compiles a program.)
+    self.state = setup.algorithm.init(
+        jax.jit(lambda t: jax.tree.map(jnp.copy, t))(setup.params))
     self.client_states = ()
     self.key = jax.random.key(SEED)
     self.fused_rounds = (fused_rounds if fused_rounds > 1

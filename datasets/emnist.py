@@ -57,7 +57,6 @@ Example (a tiny file in TFF's layout):
 
 import os
 
-import h5py
 import numpy as np
 
 from fedjax_engine import data as data_lib
@@ -170,11 +169,15 @@ class _h5_errors:
 def _open(path):
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} does not exist.')
+  # h5py is imported where it is used: it adds 11 MB to every process that
+  # imports the engine.
+  import h5py  # pylint: disable=g-import-not-at-top
   with _h5_errors(path):
     return h5py.File(path, 'r')
 
 
 def _examples(f, path):
+  import h5py  # pylint: disable=g-import-not-at-top
   with _h5_errors(path):
     group = f.get('examples')
     if not isinstance(group, h5py.Group):
@@ -184,6 +187,7 @@ def _examples(f, path):
 
 
 def _read_split(group, path, ids, num_classes):
+  import h5py  # pylint: disable=g-import-not-at-top
   sizes = np.zeros(len(ids), np.int64)
   with _h5_errors(path):
     present = set(group.keys())

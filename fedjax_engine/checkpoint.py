@@ -34,9 +34,15 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from fedjax_engine.run_dir import CHECKPOINTS
+
+
+def _orbax():
+  # Imported on first use: orbax and tensorstore add about 25 MB to every
+  # process that imports the engine, checkpointing or not.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp
 
 
 class CheckpointError(ValueError):
@@ -44,14 +50,15 @@ class CheckpointError(ValueError):
 
 
 def _abstract(tree):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(_orbax().utils.to_shape_dtype_struct, tree)
 
 
 def _has_leaves(tree) -> bool:
   return bool(jax.tree.leaves(tree))
 
 
-def _manager(folder: str, keep: int, create: bool) -> ocp.CheckpointManager:
+def _manager(folder: str, keep: int, create: bool):
+  ocp = _orbax()
   # Synchronous saves: a checkpoint is whole on disk before the run goes on,
   # so the metrics written after it never get ahead of what can be resumed.
   return ocp.CheckpointManager(
@@ -87,6 +94,7 @@ class Checkpoints:
     """Writes the state after ``rounds_done`` rounds."""
     if self._saver is None:
       self._saver = _manager(self.folder, self._keep, create=True)
+    ocp = _orbax()
     items = dict(state=ocp.args.StandardSave(server_state),
                  params=ocp.args.StandardSave(server_state.params),
                  identity=ocp.args.JsonSave({'identity': self.identity}))
@@ -109,6 +117,7 @@ class Checkpoints:
     if rounds is None:
       raise CheckpointError(f'no checkpoint in {self.folder}.')
     manager = _manager(self.folder, self._keep, create=False)
+    ocp = _orbax()
     where = os.path.join(self.folder, str(rounds))
     try:
       saved = manager.restore(rounds, args=ocp.args.Composite(
@@ -176,6 +185,7 @@ def load_params(run_dir: str, *, like=None):
   if rounds is None:
     raise CheckpointError(f'{run_dir} holds no checkpoint ({folder} is '
                           'missing or empty).')
+  ocp = _orbax()
   restore = (ocp.args.StandardRestore(_abstract(like)) if like is not None
              else ocp.args.StandardRestore())
   try:

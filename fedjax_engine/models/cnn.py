@@ -51,6 +51,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_engine.model import Model, from_linen
 from fedjax_engine.models import dense
@@ -335,7 +336,7 @@ class FemnistCNN(nn.Module):
 
 
 def _sample():
-  return {'x': jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)}
+  return {'x': np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32)}
 
 
 def emnist_cnn(*, num_classes: int = 62, dropout: bool = True,

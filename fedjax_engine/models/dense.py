@@ -17,6 +17,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedjax_engine.model import Mean, Model, from_linen
@@ -58,7 +59,7 @@ class MLP(nn.Module):
 
 
 def _sample(num_features):
-  return {'x': jnp.zeros((1, num_features), jnp.float32)}
+  return {'x': np.zeros((1, num_features), np.float32)}
 
 
 def logistic_regression(*, num_features: int, num_classes: int) -> Model:

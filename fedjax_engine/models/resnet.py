@@ -48,6 +48,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_engine.model import Model, from_linen
 from fedjax_engine.models.cnn import Conv2D
@@ -125,6 +126,6 @@ def resnet18_gn(*, num_classes: int, groups: int = 2,
   """
   if 64 % groups:
     raise ValueError(f'groups must divide 64, got {groups}.')
-  sample = {'x': jnp.zeros((1, *input_shape), jnp.float32)}
+  sample = {'x': np.zeros((1, *input_shape), np.float32)}
   return from_linen(ResNet18GN(num_classes=num_classes, groups=groups,
                                conv_impl=conv_impl), sample_batch=sample)

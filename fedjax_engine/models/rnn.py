@@ -42,6 +42,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_engine.model import Model, from_linen
 from fedjax_engine.models import sequence
@@ -155,7 +156,7 @@ class Sent140LSTM(nn.Module):
 
 
 def _sample():
-  return {'x': jnp.zeros((1, 2), jnp.int32)}
+  return {'x': np.zeros((1, 2), np.int32)}
 
 
 def _sequence_model(module, pad_id, accuracy_exclude, never_predict,

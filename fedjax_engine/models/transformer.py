@@ -42,6 +42,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_engine.model import Model, from_linen
 from fedjax_engine.models import sequence
@@ -129,7 +130,7 @@ def transformer_lm(*, vocab_size: int, max_len: int, dim: int = 128,
                          heads=heads, layers=layers, mlp_dim=mlp_dim,
                          dropout=dropout)
   return from_linen(
-      module, sample_batch={'x': jnp.zeros((1, max_len), jnp.int32)},
+      module, sample_batch={'x': np.zeros((1, max_len), np.int32)},
       loss=sequence.sequence_loss(pad_id, reduction=loss_reduction),
       metrics=sequence.sequence_metrics(
           pad_id, exclude=accuracy_exclude, never_predict=never_predict))
