@@ -55,10 +55,13 @@ if HERE not in sys.path:
 import workloads as wl  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEVICE_FLAG = '--xla_force_host_platform_device_count'
-# XLA:CPU's MLIR fusion emitters hold 80-150 MB more while compiling a
-# round; without them the fused round compiles in less memory and runs a
-# little slower on small models (README, "Memory").
+# The engine's low-memory settings (README, "Memory"), both process-wide:
+# XLA:CPU's MLIR fusion emitters take 120-190 MB more at peak; and glibc
+# gives each thread that allocates its own arena, where memory freed by
+# XLA's worker threads stays mapped (400 MB after a CNN round at C=100), so
+# two arenas, one per core, are kept.
 LOW_MEMORY_XLA_FLAG = '--xla_cpu_use_fusion_emitters=false'
+LOW_MEMORY_ENV = {'MALLOC_ARENA_MAX': '2'}
 # Engine and naive params after round 0 on the same cohort and key agree when
 # the L2 norm of their difference is at most this fraction of the L2 norm of
 # the round's update. Measured: a different cohort or dropout key gives 0.7-0.8;
@@ -562,9 +565,10 @@ def child_env(devices, extra_flags=()):
 
 
 def worker_env(cfg):
-  return child_env(cfg.get('devices'),
-                   [LOW_MEMORY_XLA_FLAG] if cfg.get('impl') == 'engine_lowmem'
-                   else ())
+  if cfg.get('impl') != 'engine_lowmem':
+    return child_env(cfg.get('devices'))
+  return dict(child_env(cfg.get('devices'), [LOW_MEMORY_XLA_FLAG]),
+              **LOW_MEMORY_ENV)
 
 
 def run_worker(cfg, *, timeout=None):

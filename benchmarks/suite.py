@@ -14,7 +14,8 @@ cohort sharded over ``--cpu_devices`` XLA CPU devices), ``naive`` (one jitted
 SGD step per client per local step from Python, one device), and, on
 request, ``engine_fused`` (``Round.run_rounds``: ``--fused_rounds`` rounds
 per call, when the engine has it) and ``engine_lowmem`` (the same, with
-XLA's CPU fusion emitters off: ``harness.LOW_MEMORY_XLA_FLAG``). Peers, on request: ``fedjax``, ``pfl``
+the low-memory settings: XLA's CPU fusion emitters off and two malloc
+arenas, ``harness.LOW_MEMORY_XLA_FLAG`` and ``LOW_MEMORY_ENV``). Peers, on request: ``fedjax``, ``pfl``
 and ``flower`` (``benchmarks/peers``, each in its own venv made by ``bash
 benchmarks/peers/setup.sh``) train on the workload the engine exports
 (clients, initial params, round 0's batches); their params after round 0
@@ -105,7 +106,7 @@ def label(r):
           else ' fused (n/a: no run_rounds, per-round calls)'
           if used else ' fused')
   if r['impl'] == 'engine_lowmem':
-    s += ', no fusion emitters'
+    s += ', low-memory settings'
   if r.get('chunk_used') is not None:
     s += f" K={r['chunk_used']}"
   return s
