@@ -426,6 +426,8 @@ class RoundTimer:
         peak_rss_own_mib=peak_rss_mib(),
         private_rss_mib=max(self.private_mib, private_now) + helpers_private,
         shared_lib_rss_mib=file_now,
+        xla_flags=os.environ.get('XLA_FLAGS', ''),
+        malloc_arena_max=os.environ.get('MALLOC_ARENA_MAX'),
         helper_processes=helpers,
         other_cpu_frac=others_cpu_frac((0.0, 0.0), (self.busy_s, self.own_s),
                                        self.wall_s),
