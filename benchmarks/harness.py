@@ -56,34 +56,12 @@ import workloads as wl  # pylint: disable=g-import-not-at-top,wrong-import-posit
 
 DEVICE_FLAG = '--xla_force_host_platform_device_count'
 # The engine's low-memory settings (README, "Memory"), both process-wide:
-# XLA:CPU's MLIR fusion emitters take 120-190 MB more at peak; and glibc
+# XLA:CPU's MLIR fusion emitters take 100-260 MB more at peak; and glibc
 # gives each thread that allocates its own arena, where memory freed by
 # XLA's worker threads stays mapped (400 MB after a CNN round at C=100), so
 # two arenas, one per core, are kept.
 LOW_MEMORY_XLA_FLAG = '--xla_cpu_use_fusion_emitters=false'
 LOW_MEMORY_ENV = {'MALLOC_ARENA_MAX': '2'}
-# Engine and naive params after round 0 on the same cohort and key agree when
-# the L2 norm of their difference is at most this fraction of the L2 norm of
-# the round's update. Measured: a different cohort or dropout key gives 0.7-0.8;
-# float32 sums in another order give 1e-7 to 6e-7 for the dense models.
-CHECK_MAX_REL_UPDATE_ERR = 1e-2
-# The EMNIST CNN's 10 local steps amplify rounding: pre-activations come
-# within 1e-8 of a ReLU or max-pool boundary, a rounding flips the odd unit
-# and later steps carry it. Measured on the naive loop itself: the same
-# round from initial params nudged by one ulp (jnp.nextafter) moves the
-# result by 1.2e-2 to 1.3e-2 of the update with either convolution. The
-# engine against the naive loop measured 2e-5 (both on 2 devices) to 1.1e-2
-# (naive on 1 device: other thread splits, other rounding). So the CNN is
-# held to a few times that floor, still far below a real mismatch (0.7).
-CNN_CHECK_MAX_REL_UPDATE_ERR = 3e-2
-
-
-def check_tolerance(workload):
-  """The equal-work check's bound on ``|difference| / |update|``."""
-  return (CNN_CHECK_MAX_REL_UPDATE_ERR if workload == 'emnist_cnn'
-          else CHECK_MAX_REL_UPDATE_ERR)
-
-
 # --------------------------------------------------------------------------
 # Process measurements.
 # --------------------------------------------------------------------------
@@ -720,12 +698,12 @@ def load_params(path):
 
 
 def compare_params(got_path, want_path, *,
-                   tolerance=CHECK_MAX_REL_UPDATE_ERR):
+                   tolerance=wl.CHECK_MAX_REL_UPDATE_ERR):
   """Do two workers' params after round 0 agree? (from :func:`save_params`)
 
   ``rel_update_err`` is ``|got - want| / |want - initial|`` in the L2 norm
   over all parameters; ``ok`` when the two started from the same params and
-  it is at most ``tolerance`` (:func:`check_tolerance`).
+  it is at most ``tolerance`` (the workload's ``check_tolerance``).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
   (got_init, got), (want_init, want) = load_params(got_path), load_params(

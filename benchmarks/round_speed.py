@@ -265,9 +265,8 @@ def main():
                 f'{harness.fmt_others(r)}', flush=True)
         if len(check_paths) == 2:
           check = dict(model=model, clients=c,
-                       **harness.compare_params(
-                           check_paths['naive'], check_paths['engine'],
-                           tolerance=harness.check_tolerance(model)))
+                       **harness.compare_params(check_paths['naive'],
+                                                check_paths['engine']))
           checks.append(check)
           print(f"equal-work check {model} C={c}: "
                 f"{'OK' if check['ok'] else 'MISMATCH'} (|difference| / "
@@ -313,7 +312,7 @@ def main():
             equal_work_check=(
                 'naive vs engine (default K) params after round 0 from the '
                 'same initial params: L2 norm of the difference at most '
-                f'{harness.CHECK_MAX_REL_UPDATE_ERR:g} x the L2 norm of the '
+                f'{wl.CHECK_MAX_REL_UPDATE_ERR:g} x the L2 norm of the '
                 "round's update")),
         machine=info, checks=checks, plan_cost=plans, results=results,
         acceptance=verdicts, notes=lines), f, indent=1)

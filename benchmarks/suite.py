@@ -15,9 +15,10 @@ SGD step per client per local step from Python, one device), and, on
 request, ``engine_fused`` (``Round.run_rounds``: ``--fused_rounds`` rounds
 per call, when the engine has it) and ``engine_lowmem`` (the same, with
 the low-memory settings: XLA's CPU fusion emitters off and two malloc
-arenas, ``harness.LOW_MEMORY_XLA_FLAG`` and ``LOW_MEMORY_ENV``). Peers, on request: ``fedjax``, ``pfl``
-and ``flower`` (``benchmarks/peers``, each in its own venv made by ``bash
-benchmarks/peers/setup.sh``) train on the workload the engine exports
+arenas, ``harness.LOW_MEMORY_XLA_FLAG`` and ``LOW_MEMORY_ENV``). Peers, on
+request: ``fedjax``, ``pfl`` and ``flower`` (``benchmarks/peers``, each in
+its own venv made by ``bash benchmarks/peers/setup.sh``) train on the
+workload the engine exports
 (clients, initial params, round 0's batches); their params after round 0
 are checked against the naive loop's, and a peer that is not installed
 gets a row that says so.
@@ -299,7 +300,7 @@ def peer_check(check, dropout):
     return dict(verdict='FAILED', tolerance='-', ok=False)
   if not dropout:
     return dict(ok=check['ok'], verdict='OK' if check['ok'] else 'MISMATCH',
-                tolerance=f'{harness.CHECK_MAX_REL_UPDATE_ERR:g}')
+                tolerance=f'{wl.CHECK_MAX_REL_UPDATE_ERR:g}')
   ok = bool(check['same_initial_params']
             and abs(check['update_norm_ratio'] - 1) <= DROPOUT_NORM_TOL)
   return dict(ok=ok, verdict='OK (dropout: norms)' if ok else 'MISMATCH',
@@ -430,7 +431,7 @@ def main(argv=None):
         paths = [rows[i][1] for i in ('naive', 'engine') if i in rows]
         if len(paths) == 2 and all(p and os.path.exists(p) for p in paths):
           check = dict(workload=name, clients=c, **harness.compare_params(
-              *paths, tolerance=harness.check_tolerance(name)))
+              *paths, tolerance=wl.WORKLOADS[name].check_tolerance))
           checks.append(check)
           print(f"equal work {name} C={c}: engine vs naive params after round "
                 f"0: {'OK' if check['ok'] else 'MISMATCH'} (|difference| / "
@@ -526,9 +527,9 @@ def main(argv=None):
             equal_work_check=(
                 'engine and peers vs naive params after round 0 from the same '
                 'initial params: L2 norm of the difference at most '
-                f'{harness.CHECK_MAX_REL_UPDATE_ERR:g} x the L2 norm of the '
+                f'{wl.CHECK_MAX_REL_UPDATE_ERR:g} x the L2 norm of the '
                 "round's update (the CNN, whose 10 steps amplify rounding: "
-                f'{harness.CNN_CHECK_MAX_REL_UPDATE_ERR:g}, see harness.py); '
+                f'{wl.CNN_CHECK_MAX_REL_UPDATE_ERR:g}, see workloads.py); '
                 'peers on the CNN (own dropout masks): the '
                 f"update's norm within {DROPOUT_NORM_TOL:.0%} of the naive "
                 "loop's")),

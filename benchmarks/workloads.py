@@ -59,6 +59,22 @@ def conv_macs(height, width, kernel, in_channels, out_channels):
   return out * kernel * kernel * in_channels * out_channels
 
 
+# Engine and naive params after round 0 on the same cohort and key agree when
+# the L2 norm of their difference is at most this fraction of the L2 norm of
+# the round's update. Measured: a different cohort or dropout key gives 0.7-0.8;
+# float32 sums in another order give 1e-7 to 6e-7 for the dense models.
+CHECK_MAX_REL_UPDATE_ERR = 1e-2
+# The EMNIST CNN's 10 local steps amplify rounding: pre-activations come
+# within 1e-8 of a ReLU or max-pool boundary, a rounding flips the odd unit
+# and later steps carry it. Measured on the naive loop itself: the same
+# round from initial params nudged by one ulp (jnp.nextafter) moves the
+# result by 1.2e-2 to 1.3e-2 of the update with either convolution. The
+# engine against the naive loop measured 2e-5 (both on 2 devices) to 1.1e-2
+# (naive on 1 device: other thread splits, other rounding). So the CNN is
+# held to a few times that floor, still far below a real mismatch (0.7).
+CNN_CHECK_MAX_REL_UPDATE_ERR = 3e-2
+
+
 class Workload(NamedTuple):
   """A benchmark workload.
 
@@ -72,6 +88,8 @@ class Workload(NamedTuple):
     layer_macs: MACs per example of each matmul/convolution, input first.
     dropout: the model draws randomness in training (the naive loop then
       passes every step the key the engine uses).
+    check_tolerance: the equal-work check's bound on ``|difference| /
+      |update|`` after round 0 (``harness.compare_params``).
   """
   name: str
   description: str
@@ -79,6 +97,7 @@ class Workload(NamedTuple):
   model: Callable
   layer_macs: tuple
   dropout: bool = False
+  check_tolerance: float = CHECK_MAX_REL_UPDATE_ERR
 
   @property
   def train_flops(self) -> int:
@@ -158,7 +177,7 @@ WORKLOADS = {w.name: w for w in (
                                EMNIST_CLASSES),
              (conv_macs(28, 28, 3, 1, 32), conv_macs(26, 26, 3, 32, 64))
              + dense_macs(12 * 12 * 64, 128, EMNIST_CLASSES),
-             dropout=True),
+             dropout=True, check_tolerance=CNN_CHECK_MAX_REL_UPDATE_ERR),
 )}
 
 
