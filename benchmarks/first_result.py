@@ -53,7 +53,8 @@ CONFIGS = (('naive', 'naive', None), ('engine (no cache)', 'engine_fused', None)
 
 def totals(row):
   """Seconds to run each of ``ROUNDS`` rounds, from a worker's row."""
-  first, k = row['first_round_s'], row['rounds_per_call']
+  first = row['first_round_s']
+  k = row.get('first_call_rounds', row['rounds_per_call'])
   return {str(n): first + max(n - k, 0) * row['round_s_median'] for n in ROUNDS}
 
 
@@ -87,7 +88,8 @@ def describe(label, row):
   t = totals(row)
   compile_s = row.get('compile_s')
   return (f'{label:22s} first call {row["first_round_s"]:6.2f} s '
-          f'({row["rounds_per_call"]} rounds; JAX compile '
+          f'({row.get("first_call_rounds", row["rounds_per_call"])} rounds; '
+          f'JAX compile '
           f'{compile_s if compile_s is not None else float("nan"):5.2f} s)  '
           f'{row["round_s_median"] * 1e3:7.1f} ms/round  '
           + '  '.join(f'{n} rounds {t[str(n)]:7.1f} s' for n in ROUNDS)

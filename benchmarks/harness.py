@@ -55,12 +55,10 @@ if HERE not in sys.path:
 import workloads as wl  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DEVICE_FLAG = '--xla_force_host_platform_device_count'
-# The engine's low-memory settings (README, "Memory"), both process-wide:
-# XLA:CPU's MLIR fusion emitters take 100-260 MB more at peak; and glibc
-# gives each thread that allocates its own arena, where memory freed by
-# XLA's worker threads stays mapped (400 MB after a CNN round at C=100), so
-# two arenas, one per core, are kept.
-LOW_MEMORY_XLA_FLAG = '--xla_cpu_use_fusion_emitters=false'
+# The engine's low-memory row (README, "Memory"): the round compiled with
+# compile_for='memory' (XLA:CPU's loop emitters), and, process-wide, two
+# malloc arenas: glibc gives each thread that allocates its own arena, where
+# memory freed by XLA's worker threads stays mapped.
 LOW_MEMORY_ENV = {'MALLOC_ARENA_MAX': '2'}
 # --------------------------------------------------------------------------
 # Process measurements.
@@ -249,9 +247,11 @@ def make_runner(cfg, setup):
   if impl == 'engine_compute':
     return wl.EngineComputeRunner(setup, cfg['clients'], chunk=cfg.get('chunk'))
   if impl in ('engine', 'engine_fused', 'engine_lowmem'):
-    return wl.EngineRunner(setup, cfg['clients'], chunk=cfg.get('chunk'),
-                           gather=cfg.get('gather', 'device'),
-                           fused_rounds=cfg.get('fused_rounds', 1))
+    return wl.EngineRunner(
+        setup, cfg['clients'], chunk=cfg.get('chunk'),
+        gather=cfg.get('gather', 'device'),
+        fused_rounds=cfg.get('fused_rounds', 1),
+        compile_for='memory' if impl == 'engine_lowmem' else 'speed')
   raise ValueError(f'unknown implementation {impl!r}')
 
 
@@ -319,7 +319,9 @@ class RoundTimer:
     # as JAX's own compile-duration events report them.
     self.compile_s = (None if _COMPILE_S[0] is None
                       else _COMPILE_S[0] - compiled_before)
-    self.r = self.rounds_per_call = self.last_n
+    self.r = self.first_n = self.last_n
+    # The most rounds a call runs (a fused engine's first call runs one).
+    self.rounds_per_call = getattr(runner, 'rounds_per_call', self.last_n)
     if cfg.get('params_out'):
       save_params(cfg['params_out'], initial, runner.params())
     self.warmup_s = None
@@ -386,10 +388,12 @@ class RoundTimer:
         kind='round',
         chunk_used=getattr(runner, 'chunk_used', None),
         rounds_per_call=self.rounds_per_call,
+        first_call_rounds=self.first_n,
+        compile_for=getattr(getattr(runner, 'rnd', None), 'compile_for', None),
         setup_s=self.setup_s,
         first_round_s=self.first_s,
         warmup_round_s=self.warmup_s,
-        compile_s_est=max(self.first_s - self.rounds_per_call * median, 0.0),
+        compile_s_est=max(self.first_s - self.first_n * median, 0.0),
         compile_s=self.compile_s,
         rounds_timed=int(times.size),
         round_s_mean=mean,
@@ -547,8 +551,7 @@ def child_env(devices, extra_flags=()):
 def worker_env(cfg):
   if cfg.get('impl') != 'engine_lowmem':
     return child_env(cfg.get('devices'))
-  return dict(child_env(cfg.get('devices'), [LOW_MEMORY_XLA_FLAG]),
-              **LOW_MEMORY_ENV)
+  return dict(child_env(cfg.get('devices')), **LOW_MEMORY_ENV)
 
 
 def run_worker(cfg, *, timeout=None):

@@ -12,10 +12,11 @@ round drawn from 1,000 clients:
 Implementations: ``engine`` (``fe.make_round``, one call per round, the
 cohort sharded over ``--cpu_devices`` XLA CPU devices), ``naive`` (one jitted
 SGD step per client per local step from Python, one device), and, on
-request, ``engine_fused`` (``Round.run_rounds``: ``--fused_rounds`` rounds
-per call, when the engine has it) and ``engine_lowmem`` (the same, with
-the low-memory settings: XLA's CPU fusion emitters off and two malloc
-arenas, ``harness.LOW_MEMORY_XLA_FLAG`` and ``LOW_MEMORY_ENV``). Peers, on
+request, ``engine_fused`` (``Round.run_rounds``: up to ``--fused_rounds``
+rounds per call, as many as fit in about a second, as the engine's runner
+does, when the engine has it) and ``engine_lowmem`` (the same, with the
+low-memory settings: the round compiled with ``compile_for='memory'`` and
+two malloc arenas, ``harness.LOW_MEMORY_ENV``). Peers, on
 request: ``fedjax``, ``pfl`` and ``flower`` (``benchmarks/peers``, each in
 its own venv made by ``bash benchmarks/peers/setup.sh``) train on the
 workload the engine exports
@@ -103,7 +104,7 @@ def label(r):
   s = 'engine'
   if r['impl'] in FUSED:
     used = r.get('rounds_per_call')
-    s += (f' fused ({used} rounds/call)' if used and used > 1
+    s += (f' fused (up to {used} rounds/call)' if used and used > 1
           else ' fused (n/a: no run_rounds, per-round calls)'
           if used else ' fused')
   if r['impl'] == 'engine_lowmem':

@@ -28,6 +28,7 @@ configurations stays light.
 
 import functools
 import math
+import time
 from typing import Callable, NamedTuple
 
 BATCH_SIZE = 20
@@ -245,13 +246,17 @@ class EngineRunner:
   """
 
   def __init__(self, setup: Setup, clients_per_round, *, chunk=None,
-               gather='device', fused_rounds=1):
+               gather='device', fused_rounds=1, compile_for='speed'):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import fedjax_engine as fe  # pylint: disable=g-import-not-at-top
+    # Only engines that have the choice are given it (the suite also runs
+    # older commits for before-and-after comparisons).
+    options = {} if compile_for == 'speed' else dict(compile_for=compile_for)
     self.rnd = fe.make_round(
         setup.algorithm, setup.train, clients_per_round=clients_per_round,
-        batching=setup.batching, client_chunk_size=chunk, gather=gather)
+        batching=setup.batching, client_chunk_size=chunk, gather=gather,
+        **options)
     # The round donates the state: start from a copy of the shared params.
     # (One jitted copy: copied leaf by leaf, each shape compiles a program.)
     self.state = setup.algorithm.init(
@@ -260,12 +265,22 @@ class EngineRunner:
     self.key = jax.random.key(SEED)
     self.fused_rounds = (fused_rounds if fused_rounds > 1
                          and hasattr(self.rnd, 'run_rounds') else 1)
+    # Engines with fe.simulate.rounds_for_call fuse as many rounds into a
+    # call as their runner would: one in the first call, then as many as fit
+    # in about a second (at most fused_rounds).
+    self._rounds_for_call = getattr(fe.simulate, 'rounds_for_call', None)
+    self._per_round = None
     if self.fused_rounds > 1:
       from fedjax_engine import sampling  # pylint: disable=g-import-not-at-top
       self.sampler = sampling.uniform(
           num_clients=setup.train.num_clients,
           clients_per_round=clients_per_round, key=jax.random.key(COHORT_SEED))
     self._last_cohort = None
+
+  @property
+  def rounds_per_call(self):
+    """The most rounds a call runs."""
+    return self.fused_rounds
 
   @property
   def chunk_used(self):
@@ -276,12 +291,22 @@ class EngineRunner:
 
   def advance(self, r, ids):
     import jax  # pylint: disable=g-import-not-at-top
-    if self.fused_rounds > 1:
+    if self.fused_rounds > 1 and self._rounds_for_call is None:
       self.state, self.client_states, metrics = self.rnd.run_rounds(
           self.state, self.client_states, self.sampler, self.key,
           first_round=r, num_rounds=self.fused_rounds)
       jax.block_until_ready((self.state, metrics))
       return self.fused_rounds
+    if self.fused_rounds > 1:
+      n = self._rounds_for_call(self._per_round,
+                                rounds_per_call=self.fused_rounds)
+      start = time.perf_counter()
+      self.state, self.client_states, metrics = self.rnd.run_rounds(
+          self.state, self.client_states, self.sampler, self.key,
+          first_round=r, num_rounds=n, block=self.fused_rounds)
+      jax.block_until_ready((self.state, metrics))
+      self._per_round = (time.perf_counter() - start) / n
+      return n
     cohort = self.rnd.select(ids)
     self._last_cohort = cohort
     self.state, self.client_states, metrics = self.rnd(

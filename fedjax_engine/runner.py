@@ -135,6 +135,20 @@ class DeferredInterrupt:
         signal.signal(sig, handler)
 
 
+def agreed_seconds(seconds_per_round: float) -> float:
+  """The last call's seconds per round as process 0 measured them.
+
+  Every process of a multi-process run must fuse the same rounds into its
+  next call (:func:`fedjax_engine.simulate.rounds_for_call`), or one would
+  wait at an all-reduce that the others never reach.
+  """
+  if jax.process_count() == 1:
+    return seconds_per_round
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return float(multihost_utils.broadcast_one_to_all(
+      np.float32(seconds_per_round)))
+
+
 def to_python(metrics: dict) -> dict:
   """Host numbers: integers stay integers, non-finite floats stay floats,
   and an array of ids (``robust_discarded_ids``) becomes a list without its
@@ -181,6 +195,8 @@ def run_experiment(algorithm: Algorithm, model: Model,
                    weighting: str = 'examples', gather: str = 'device',
                    eval_batch_size: int = 1024, output_dir: str | None = None,
                    rounds_per_call: int = 10,
+                   call_seconds: float = simulate.CALL_SECONDS,
+                   compile_for: str = 'speed',
                    profile_dir: str | None = None,
                    progress: bool = True,
                    on_nonfinite: str = 'stop',
@@ -217,11 +233,19 @@ def run_experiment(algorithm: Algorithm, model: Model,
     output_dir: where ``metrics.jsonl`` goes (None: nowhere); created if
       missing. A folder that already holds a run's metrics is refused: see
       :func:`fedjax_engine.run_dir.prepare` to overwrite or move it first.
-    rounds_per_call: with ``gather='device'``, rounds fused into one compiled
-      call (:meth:`Round.run_rounds`); a call also ends at every evaluation.
-      Metrics are written after each call, and each of its rounds is given
-      the call's wall time divided by its rounds. 1 drives every round from
-      Python.
+    rounds_per_call: with ``gather='device'``, the most rounds fused into
+      one compiled call (:meth:`Round.run_rounds`); a call also ends at
+      every evaluation. Metrics are written after each call, and each of
+      its rounds is given the call's wall time divided by its rounds. 1
+      drives every round from Python.
+    call_seconds: a fused call runs the rounds that fit in about this many
+      seconds, timed from the previous call (the first runs one round), so
+      long rounds run one per call: on CPU a call's memory grows while it
+      runs, and metrics and progress come per call
+      (:func:`fedjax_engine.simulate.rounds_for_call`). The same compiled
+      program serves every length, and results do not depend on it.
+    compile_for: ``'speed'`` or ``'memory'``: see
+      :func:`fedjax_engine.make_round`.
     profile_dir: if set, a JAX profiler trace of the second call (the
       first one compiles) is written there; see the README's "Profiling".
     progress: show a progress bar on stderr.
@@ -275,6 +299,8 @@ def run_experiment(algorithm: Algorithm, model: Model,
     raise ValueError(f'eval_every must be >= 0, got {eval_every}.')
   if rounds_per_call < 1:
     raise ValueError(f'rounds_per_call must be >= 1, got {rounds_per_call}.')
+  if not call_seconds > 0:
+    raise ValueError(f'call_seconds must be > 0, got {call_seconds}.')
   if on_nonfinite not in ('stop', 'warn'):
     raise ValueError(f"on_nonfinite must be 'stop' or 'warn', got "
                      f'{on_nonfinite!r}.')
@@ -302,7 +328,7 @@ def run_experiment(algorithm: Algorithm, model: Model,
       algorithm, train, batching=batching,
       clients_per_round=sampler.clients_per_round,
       client_chunk_size=client_chunk_size, weighting=weighting, gather=gather,
-      system=system)
+      system=system, compile_for=compile_for)
   evaluate = (evaluate_lib.make_evaluate(model, test,
                                          batch_size=eval_batch_size)
               if test is not None else None)
@@ -382,13 +408,16 @@ def run_experiment(algorithm: Algorithm, model: Model,
         if sink:
           sink.write([record])
       calls = 0
+      per_round = None   # seconds, from the last call
       while r < num_rounds:
         n = 1
         if fused:
           to_eval = eval_every - r % eval_every if eval_every else num_rounds
           to_save = (checkpoint_every - r % checkpoint_every
                      if checkpoints and checkpoint_every else num_rounds)
-          n = min(rounds_per_call, num_rounds - r, to_eval, to_save)
+          n = min(simulate.rounds_for_call(
+              per_round, rounds_per_call=rounds_per_call,
+              call_seconds=call_seconds), num_rounds - r, to_eval, to_save)
         # The second call, or the first when it is the only one.
         profiling = profile_dir and (calls == 1 or n == num_rounds)
         if profiling:
@@ -399,19 +428,20 @@ def run_experiment(algorithm: Algorithm, model: Model,
               server_state, client_states, sampler, rounds_key, first_round=r,
               num_rounds=n, block=rounds_per_call)
           metrics = jax.device_get(metrics)
-          per_round = [{k: v[i] for k, v in metrics.items()} for i in range(n)]
+          rounds = [{k: v[i] for k, v in metrics.items()} for i in range(n)]
         else:
           server_state, client_states, metrics = rnd(
               server_state, client_states, rnd.select(sampler(r)),
               jax.random.fold_in(rounds_key, r))
-          per_round = [metrics]
+          rounds = [metrics]
         records = [{'round': r + i + 1, **to_python(m)}
-                   for i, m in enumerate(per_round)]
+                   for i, m in enumerate(rounds)]
         if profiling:
           jax.block_until_ready((server_state, client_states))
           jax.profiler.stop_trace()
         calls += 1
         seconds = (time.perf_counter() - start) / n
+        per_round = agreed_seconds(seconds) if fused else None
         for record in records:
           record['seconds'] = seconds
         end = r + n

@@ -102,7 +102,8 @@ def run_sweep(algorithm: Algorithm | Callable[..., Algorithm], model: Model,
               client_chunk_size: int | None = None,
               weighting: str = 'examples', eval_batch_size: int = 1024,
               output_dir: str | None = None, rounds_per_call: int = 10,
-              progress: bool = True,
+              call_seconds: float = simulate.CALL_SECONDS,
+              compile_for: str = 'speed', progress: bool = True,
               system: heterogeneity.SystemHeterogeneity | None = None,
               at_evaluation=None) -> list[list[dict[str, Any]]]:
   """Runs the experiment for every seed of ``seeds``, together.
@@ -141,6 +142,8 @@ def run_sweep(algorithm: Algorithm | Callable[..., Algorithm], model: Model,
     raise ValueError(
         f'num_rounds must be >= 1, eval_every >= 0 and rounds_per_call >= '
         f'1, got {num_rounds}, {eval_every} and {rounds_per_call}.')
+  if not call_seconds > 0:
+    raise ValueError(f'call_seconds must be > 0, got {call_seconds}.')
   points, algorithms = _grid(algorithm, hyperparameters)
   runs = [(point, s) for point in points for s in seeds]
   labels = [f'seed {s}' + (f' at {point_name(point)}' if point else '')
@@ -153,7 +156,8 @@ def run_sweep(algorithm: Algorithm | Callable[..., Algorithm], model: Model,
   rnd = simulate.make_round(algorithm, train, batching=batching,
                             clients_per_round=clients_per_round,
                             client_chunk_size=client_chunk_size,
-                            weighting=weighting, system=system)
+                            weighting=weighting, system=system,
+                            compile_for=compile_for)
   evaluate = (evaluate_lib.make_evaluate(model, test,
                                          batch_size=eval_batch_size)
               if test is not None else None)
@@ -178,18 +182,21 @@ def run_sweep(algorithm: Algorithm | Callable[..., Algorithm], model: Model,
     bar = tqdm.tqdm(total=num_rounds, unit='round', dynamic_ncols=True,
                     desc=f'{len(runs)} runs')
   histories = [[] for _ in runs]
-  r = 0
+  r, per_round = 0, None
   with runner.DeferredInterrupt() as interrupt:
     try:
       while r < num_rounds:
         to_eval = eval_every - r % eval_every if eval_every else num_rounds
-        n = min(rounds_per_call, num_rounds - r, to_eval)
+        n = min(simulate.rounds_for_call(
+            per_round, rounds_per_call=rounds_per_call,
+            call_seconds=call_seconds), num_rounds - r, to_eval)
         start = time.perf_counter()
         server_states, client_states, metrics = rnd.run_sweep(
             server_states, client_states, sampler, rounds_keys, sample_keys,
             first_round=r, num_rounds=n, block=rounds_per_call)
         metrics = jax.device_get(metrics)
         seconds = (time.perf_counter() - start) / n
+        per_round = runner.agreed_seconds(seconds)
         end = r + n
         evaluating = evaluate is not None and (end == num_rounds or (
             eval_every and end % eval_every == 0))

@@ -80,13 +80,13 @@ def test_low_memory_row_runs_with_its_settings_and_reports_memory():
              min_rounds=2, max_rounds=2, time_budget=0.2, config_budget=60)
   row = harness.run_worker(cfg, timeout=300)
   assert 'error' not in row, row.get('error')
-  assert harness.LOW_MEMORY_XLA_FLAG in row['xla_flags'].split()
+  assert row['compile_for'] == 'memory'
   assert row['malloc_arena_max'] == '2'
   assert row['rounds_per_call'] == 2
   assert 0 < row['private_rss_mib'] < row['peak_rss_mib']
   assert row['shared_lib_rss_mib'] > 0
   plain = harness.run_worker(dict(cfg, impl='engine_fused'), timeout=300)
-  assert harness.LOW_MEMORY_XLA_FLAG not in plain['xla_flags'].split()
+  assert plain['compile_for'] == 'speed'
   assert plain['malloc_arena_max'] is None
 
 

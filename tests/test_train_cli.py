@@ -71,7 +71,8 @@ def test_cli_fedadam_and_fedsgd_and_epochs_run(tmp_path):
                ['--local_epochs=1'],
                ['--model=mlp', '--client_chunk_size=2'],
                ['--cpu_devices=2'], ['--rounds_per_call=1'],
-               ['--gather=host']):
+               ['--gather=host'],
+               ['--compile_for=memory', '--call_seconds=0.5']):
     result = _train(*_without(SMALL, args), '--num_rounds=2', *args,
                     cwd=tmp_path)
     assert result.returncode == 0, (args, result.stderr)
@@ -115,6 +116,8 @@ def test_cli_compilation_cache_is_filled_then_used(tmp_path):
     (['--model=char_lstm'],
      '--model=char_lstm does not take the examples of --dataset=synthetic'),
     (['--rounds_per_call=0'], '--rounds_per_call must be >= 1'),
+    (['--call_seconds=0'], '--call_seconds must be a finite number > 0'),
+    (['--compile_for=size'], '--compile_for'),
     (['--cpu_devices=-1'], '--cpu_devices must be >= 0'),
     (['--compilation_cache=/dev/null/cache'],
      "--compilation_cache='/dev/null/cache' is not a folder that can be "
