@@ -28,6 +28,7 @@ BAD_VALUES = {
     'server_beta1': 1.0, 'server_beta2': math.nan, 'server_epsilon': 0.0,
     'eval_every': -1, 'eval_batch_size': 0, 'seed': -1,
     'client_chunk_size': 0, 'cpu_devices': -1, 'rounds_per_call': 0,
+    'call_seconds': math.nan,
     'num_processes': 0, 'process_id': -1, 'max_clients': 0,
     'max_examples': 0, 'num_clients': 0, 'dirichlet_alpha': 0.0,
     'shards_per_client': 0, 'synthetic_alpha': -1.0,
