@@ -107,7 +107,7 @@ def compiler_options(compile_for: str, mesh: Mesh) -> dict[str, Any] | None:
   """XLA options for the round's programs; ``compile_for`` as make_round's.
 
   ``'memory'`` on CPU compiles with XLA:CPU's loop emitters instead of its
-  MLIR fusion emitters, whose compilation leaves 75-190 MiB more in the
+  MLIR fusion emitters, whose compilation leaves 80-230 MiB more in the
   process (freed, but kept by malloc; EMNIST CNN, 2NN and logistic rounds,
   ``benchmarks/README.md``). On other backends nothing changes.
   """
@@ -842,7 +842,7 @@ def make_round(algorithm: Algorithm, data: data_lib.FederatedData, *,
       (:class:`fedjax_engine.heterogeneity.SystemHeterogeneity`); none by
       default.
     compile_for: ``'speed'`` (default) or ``'memory'``: on CPU, compile
-      the round with XLA's loop emitters, which leaves 75-190 MiB less at
+      the round with XLA's loop emitters, which leaves 80-230 MiB less at
       peak and costs 0-40% of the speed of small models (none for the EMNIST
       CNN; see :func:`compiler_options`). Results are the same to float
       rounding.

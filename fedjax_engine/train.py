@@ -272,7 +272,7 @@ flags.DEFINE_float('call_seconds', simulate.CALL_SECONDS, 'A compiled call '
                    'grows while it runs.')
 flags.DEFINE_enum('compile_for', 'speed', simulate.COMPILE_FOR, 'memory: on '
                   'CPU, compile the round with XLA\'s loop emitters, which '
-                  'leaves 75-190 MiB less at peak and is up to 40% slower '
+                  'leaves 80-230 MiB less at peak and is up to 40% slower '
                   'for small models (not for the EMNIST CNN).')
 flags.DEFINE_string('profile_dir', None, 'Write a JAX profiler trace of the '
                     'second call (the first compiles) to this folder.')
