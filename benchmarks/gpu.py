@@ -80,13 +80,16 @@ def cifar_shaped(num_clients, examples, image):
 def time_rounds(algorithm, params, train, *, batching, clients, sizes):
   """Compile, then time fused calls of ``sizes['rounds_per_call']`` rounds."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import fedjax_engine as fe  # pylint: disable=g-import-not-at-top
   rnd = fe.make_round(algorithm, train, clients_per_round=clients,
                       batching=batching)
   sampler = fe.sampling.uniform(num_clients=train.num_clients,
                                 clients_per_round=clients,
                                 key=jax.random.key(wl.COHORT_SEED))
-  state = algorithm.init(jax.tree.map(lambda p: p.copy(), params))
+  # One jitted copy (the round donates it): copied leaf by leaf, every
+  # shape would compile a program of its own.
+  state = algorithm.init(jax.jit(lambda t: jax.tree.map(jnp.copy, t))(params))
   key = jax.random.key(wl.SEED)
   calls, r, k = [], 0, sizes['rounds_per_call']
   start = time.perf_counter()

@@ -291,15 +291,10 @@ class EngineRunner:
 
   def advance(self, r, ids):
     import jax  # pylint: disable=g-import-not-at-top
-    if self.fused_rounds > 1 and self._rounds_for_call is None:
-      self.state, self.client_states, metrics = self.rnd.run_rounds(
-          self.state, self.client_states, self.sampler, self.key,
-          first_round=r, num_rounds=self.fused_rounds)
-      jax.block_until_ready((self.state, metrics))
-      return self.fused_rounds
     if self.fused_rounds > 1:
-      n = self._rounds_for_call(self._per_round,
-                                rounds_per_call=self.fused_rounds)
+      n = (self.fused_rounds if self._rounds_for_call is None
+           else self._rounds_for_call(self._per_round,
+                                      rounds_per_call=self.fused_rounds))
       start = time.perf_counter()
       self.state, self.client_states, metrics = self.rnd.run_rounds(
           self.state, self.client_states, self.sampler, self.key,

@@ -100,7 +100,7 @@ def rounds_for_call(seconds_per_round: float | None, *, rounds_per_call: int,
     return 1
   if seconds_per_round * rounds_per_call <= call_seconds:
     return rounds_per_call
-  return max(1, min(rounds_per_call, int(call_seconds / seconds_per_round)))
+  return max(1, int(call_seconds / seconds_per_round))
 
 
 def compiler_options(compile_for: str, mesh: Mesh) -> dict[str, Any] | None:
